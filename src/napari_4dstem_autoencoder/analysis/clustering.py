@@ -1,0 +1,208 @@
+"""Cluster embeddings into label maps, class-mean patterns, and the PCA + k-means baseline.
+
+Everything here works on plain arrays (NumPy, or a :class:`~..io.dataset.Dataset4D` for the
+class means) and uses scikit-learn; nothing imports Qt, napari or torch.
+
+Label maps keep the leading shape of the embeddings: ``(Ry, Rx, D)`` embeddings give a
+``(Ry, Rx)`` map, ``(N, D)`` give ``(N,)``. Cluster ids are renumbered by decreasing cluster
+size (ties by first appearance) so the same partition always gets the same colours.
+
+The projection and quality helpers live in :mod:`.projection` and :mod:`.quality` and are
+re-exported here, so widgets can import the whole analysis API from one module.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+from sklearn.cluster import KMeans
+from sklearn.decomposition import PCA
+from sklearn.metrics import adjusted_rand_score
+from sklearn.mixture import GaussianMixture
+
+from .projection import prepare_features, project_2d
+from .quality import (
+    effective_dimensions,
+    live_dimensions,
+    per_class_reconstruction_quality,
+    reconstruction_quality,
+)
+
+ClusterMethod = Literal["kmeans", "gmm"]
+
+__all__ = [
+    "adjusted_rand", "class_mean_patterns", "cluster_embeddings", "effective_dimensions",
+    "live_dimensions", "pca_kmeans_baseline", "per_class_reconstruction_quality",
+    "project_2d", "reconstruction_quality", "relabel_by_size",
+]
+
+
+def relabel_by_size(labels: np.ndarray) -> np.ndarray:
+    """Renumber labels 0..K-1 by decreasing count (ties: first appearance). Negatives are kept."""
+    flat = np.asarray(labels).ravel()
+    valid = flat >= 0
+    values, first, counts = np.unique(flat[valid], return_index=True, return_counts=True)
+    order = np.lexsort((first, -counts))  # primary key: -count, secondary: first appearance
+    mapping = np.empty(values.size, dtype=np.int64)
+    mapping[order] = np.arange(values.size)
+    out = np.full(flat.shape, -1, dtype=np.int32)
+    out[valid] = mapping[np.searchsorted(values, flat[valid])]
+    return out.reshape(np.shape(labels))
+
+
+def _check_k(n_clusters: int, n_samples: int) -> int:
+    k = int(n_clusters)
+    if k < 1:
+        raise ValueError(f"n_clusters must be at least 1, got {n_clusters}")
+    if k > n_samples:
+        raise ValueError(f"n_clusters={k} is more than the {n_samples} samples to cluster")
+    return k
+
+
+def cluster_embeddings(
+    embeddings: np.ndarray,
+    n_clusters: int,
+    method: ClusterMethod = "kmeans",
+    seed: int = 0,
+    standardise: bool = True,
+) -> np.ndarray:
+    """Cluster embeddings shaped ``(Ry, Rx, D)`` or ``(N, D)`` into an int label map.
+
+    ``standardise`` scales every live dimension to unit variance (dimensions with
+    negligible variance are dropped first, so noise in dead ReLU units is not blown up).
+    ``method="kmeans"``: scikit-learn k-means (10 restarts); ``"gmm"``: a full-covariance
+    Gaussian mixture (3 restarts, k-means initialised).
+    Returns labels 0..K-1 with the leading shape of ``embeddings``, numbered by decreasing
+    cluster size.
+    """
+    emb = np.asarray(embeddings)
+    if emb.ndim < 2:
+        raise ValueError(f"embeddings must be (N, D) or (Ry, Rx, D), got shape {emb.shape}")
+    lead = emb.shape[:-1]
+    feats = prepare_features(emb.reshape(-1, emb.shape[-1]), standardise=standardise)
+    k = _check_k(n_clusters, feats.shape[0])
+    if method == "kmeans":
+        labels = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(feats)
+    elif method == "gmm":
+        gmm = GaussianMixture(n_components=k, covariance_type="full", n_init=3,
+                              reg_covar=1e-4, random_state=seed)
+        labels = gmm.fit_predict(feats)
+    else:
+        raise ValueError(f"unknown clustering method {method!r}; choose 'kmeans' or 'gmm'")
+    return relabel_by_size(labels).reshape(lead)
+
+
+def pca_kmeans_baseline(
+    patterns: np.ndarray,
+    n_clusters: int,
+    n_components: int = 10,
+    seed: int = 0,
+) -> np.ndarray:
+    """The baseline a microscopist already has: PCA of the preprocessed patterns, then k-means.
+
+    ``patterns`` is ``(N, Qy, Qx)`` (or ``(Ry, Rx, Qy, Qx)``), already preprocessed (e.g.
+    log-scaled and normalised, the same input the network sees). Returns labels with the
+    leading scan shape. The principal components are not standardised (as in the usual
+    PCA + k-means recipe); ``n_components`` is capped by the data's rank limits.
+    """
+    x = np.asarray(patterns, dtype=np.float32)
+    if x.ndim not in (3, 4):
+        raise ValueError(f"patterns must be (N, Qy, Qx) or (Ry, Rx, Qy, Qx), got {x.shape}")
+    lead = x.shape[:-2]
+    flat = x.reshape(-1, x.shape[-2] * x.shape[-1])
+    if not np.all(np.isfinite(flat)):
+        raise ValueError("patterns contain NaN or Inf values")
+    k = _check_k(n_clusters, flat.shape[0])
+    nc = max(1, min(int(n_components), flat.shape[0], flat.shape[1]))
+    scores = PCA(n_components=nc, random_state=seed).fit_transform(flat)
+    labels = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(scores)
+    return relabel_by_size(labels).reshape(lead)
+
+
+def adjusted_rand(labels_true: np.ndarray, labels_pred: np.ndarray,
+                  mask: np.ndarray | None = None) -> float:
+    """Adjusted Rand index (scikit-learn) of two label maps, optionally only where ``mask``.
+
+    Independent of how clusters are numbered: 1 for identical partitions, ~0 for chance.
+    """
+    t = np.asarray(labels_true)
+    p = np.asarray(labels_pred)
+    if t.shape != p.shape:
+        raise ValueError(f"label maps differ in shape: {t.shape} vs {p.shape}")
+    t, p = t.ravel(), p.ravel()
+    if mask is not None:
+        m = np.asarray(mask, dtype=bool)
+        if m.shape != np.shape(labels_true):
+            raise ValueError(f"mask shape {m.shape} differs from the labels' {np.shape(labels_true)}")
+        t, p = t[m.ravel()], p[m.ravel()]
+    if t.size == 0:
+        raise ValueError("no positions to compare (empty labels or mask)")
+    return float(adjusted_rand_score(t, p))
+
+
+def class_mean_patterns(
+    dataset_or_patterns,
+    labels: np.ndarray,
+    n_clusters: int | None = None,
+    preprocessor=None,
+    chunk_size: int = 512,
+    return_counts: bool = False,
+):
+    """Mean diffraction pattern of every class: ``(K, Qy, Qx)`` float32.
+
+    ``dataset_or_patterns``: a :class:`Dataset4D` (read in chunks of about ``chunk_size``
+    patterns, so a scan larger than memory works), or an array ``(N, Qy, Qx)`` /
+    ``(Ry, Rx, Qy, Qx)``. ``labels`` has the scan shape (or ``(N,)``); negative labels are
+    ignored. ``preprocessor`` (a fitted ``Preprocessor``) is applied to each chunk first,
+    for means in network-input space; without it, the means are of the raw data.
+    ``K`` is ``n_clusters`` or ``labels.max() + 1``; an empty class gives an all-zero pattern
+    (its count is 0 in ``counts`` when ``return_counts``).
+    """
+    lab = np.asarray(labels).astype(np.int64, copy=False).ravel()
+    k = int(n_clusters) if n_clusters is not None else int(lab.max()) + 1 if lab.size else 0
+    if k < 1:
+        raise ValueError("labels hold no class (all negative or empty)")
+    if lab.max(initial=-1) >= k:
+        raise ValueError(f"labels go up to {lab.max()} but n_clusters={k}")
+
+    def chunks():
+        if hasattr(dataset_or_patterns, "data") and hasattr(dataset_or_patterns, "scan_shape"):
+            ds = dataset_or_patterns
+            if lab.size != ds.n_patterns:
+                raise ValueError(f"{ds.name}: labels have {lab.size} positions but the scan has "
+                                 f"{ds.n_patterns} {ds.scan_shape}")
+            ry_n, rx_n = ds.scan_shape
+            rows = max(1, int(chunk_size) // rx_n)  # whole scan rows: contiguous reads
+            for r0 in range(0, ry_n, rows):
+                r1 = min(ry_n, r0 + rows)
+                block = np.asarray(ds.data[r0:r1].compute())
+                yield r0 * rx_n, block.reshape(-1, *block.shape[-2:])
+        else:
+            arr = np.asarray(dataset_or_patterns)
+            if arr.ndim not in (3, 4):
+                raise ValueError(f"patterns must be (N, Qy, Qx) or (Ry, Rx, Qy, Qx), got {arr.shape}")
+            arr = arr.reshape(-1, *arr.shape[-2:])
+            if arr.shape[0] != lab.size:
+                raise ValueError(f"labels have {lab.size} positions but there are "
+                                 f"{arr.shape[0]} patterns")
+            for s in range(0, arr.shape[0], int(chunk_size)):
+                yield s, arr[s:s + int(chunk_size)]
+
+    sums = None
+    counts = np.zeros(k, dtype=np.int64)
+    for start, block in chunks():
+        if preprocessor is not None:
+            block = preprocessor.transform_patterns(block)
+        block = np.asarray(block, dtype=np.float64)
+        lb = lab[start:start + block.shape[0]]
+        keep = lb >= 0
+        onehot = np.zeros((k, block.shape[0]))
+        onehot[lb[keep], np.nonzero(keep)[0]] = 1.0
+        flat = block.reshape(block.shape[0], -1)
+        part = onehot @ flat
+        sums = part if sums is None else sums + part
+        counts += onehot.sum(axis=1).astype(np.int64)
+    means = sums / np.maximum(counts, 1)[:, None]
+    means = means.reshape(k, *block.shape[-2:]).astype(np.float32)
+    return (means, counts) if return_counts else means

@@ -1,0 +1,251 @@
+"""Analysis functions pinned on data with known answers."""
+
+from __future__ import annotations
+
+import dask.array as da
+import h5py
+import numpy as np
+import pytest
+
+from napari_4dstem_autoencoder.analysis.clustering import (
+    adjusted_rand,
+    class_mean_patterns,
+    cluster_embeddings,
+    effective_dimensions,
+    live_dimensions,
+    pca_kmeans_baseline,
+    per_class_reconstruction_quality,
+    project_2d,
+    reconstruction_quality,
+    relabel_by_size,
+)
+from napari_4dstem_autoencoder.io.dataset import Dataset4D
+
+
+def blobs(n_per: int = 40, d: int = 8, k: int = 3, sep: float = 10.0, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(k, d)) * sep
+    truth = np.repeat(np.arange(k), n_per)
+    x = centres[truth] + rng.normal(size=(truth.size, d))
+    return x, truth
+
+
+def disc_patterns(truth: np.ndarray, size: int = 32, noise: float = 0.05, seed: int = 0):
+    """Patterns whose class sets the position of a bright disc (separable by construction)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    centres = [(size / 2, size / 2), (size / 4, size / 4), (3 * size / 4, size / 3)]
+    templates = np.stack([((yy - cy) ** 2 + (xx - cx) ** 2 < (size / 8) ** 2).astype(np.float32)
+                          for cy, cx in centres])
+    x = templates[truth] + noise * rng.normal(size=(truth.size, size, size)).astype(np.float32)
+    return x.astype(np.float32), templates
+
+
+# -- labels and scores -------------------------------------------------------------------
+
+def test_adjusted_rand_is_one_for_a_permutation_and_low_for_chance():
+    rng = np.random.default_rng(1)
+    truth = rng.integers(0, 4, size=500)
+    permuted = np.array([2, 0, 3, 1])[truth]
+    assert adjusted_rand(truth, permuted) == pytest.approx(1.0)
+    assert abs(adjusted_rand(truth, rng.integers(0, 4, size=500))) < 0.05
+
+
+def test_adjusted_rand_mask_restricts_the_comparison():
+    truth = np.array([[0, 0, 1, 1], [0, 0, 1, 1]])
+    pred = np.array([[0, 0, 1, 0], [0, 0, 1, 0]])  # last column wrong
+    mask = np.zeros_like(truth, dtype=bool)
+    mask[:, :3] = True
+    assert adjusted_rand(truth, pred) < 0.5
+    assert adjusted_rand(truth, pred, mask=mask) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="shape"):
+        adjusted_rand(truth, pred.ravel())
+
+
+def test_relabel_by_size_orders_by_count_and_keeps_negatives():
+    labels = np.array([5, 5, 9, 9, 9, -1, 2])
+    assert relabel_by_size(labels).tolist() == [1, 1, 0, 0, 0, -1, 2]
+
+
+# -- clustering --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method", ["kmeans", "gmm"])
+def test_well_separated_blobs_are_recovered_with_the_scan_shape(method):
+    x, truth = blobs(n_per=40, k=3)
+    emb = x.reshape(10, 12, 8)  # a (Ry, Rx, D) embedding stack
+    labels = cluster_embeddings(emb, 3, method=method, seed=0)
+    assert labels.shape == (10, 12)
+    assert np.issubdtype(labels.dtype, np.integer)
+    assert adjusted_rand(truth.reshape(10, 12), labels) == pytest.approx(1.0)
+    # numbered by decreasing size: equal sizes here, so every id is used once
+    assert sorted(np.unique(labels).tolist()) == [0, 1, 2]
+
+
+def test_clustering_is_reproducible_for_a_seed():
+    x, _ = blobs(n_per=30, k=4, sep=1.5, seed=3)  # overlapping: restarts matter
+    a = cluster_embeddings(x, 4, seed=7)
+    b = cluster_embeddings(x, 4, seed=7)
+    assert np.array_equal(a, b)
+
+
+def test_standardise_ignores_dead_units_instead_of_amplifying_their_noise():
+    rng = np.random.default_rng(0)
+    truth = np.repeat([0, 1], 100)
+    informative = truth[:, None] * 5.0 + 0.1 * rng.normal(size=(200, 1))
+    dead = 1e-9 * rng.normal(size=(200, 30))  # ReLU units that barely move
+    emb = np.hstack([informative, dead])
+    labels = cluster_embeddings(emb, 2, standardise=True)
+    assert adjusted_rand(truth, labels) == pytest.approx(1.0)
+
+
+def test_standardise_equalises_scales():
+    # dimension 0 separates the classes but is small; dimension 1 is large uninformative noise
+    rng = np.random.default_rng(0)
+    truth = np.repeat([0, 1], 150)
+    x = np.column_stack([truth * 1.0 + 0.05 * rng.normal(size=300),
+                         100.0 * rng.uniform(size=300)])
+    assert adjusted_rand(truth, cluster_embeddings(x, 2, standardise=False)) < 0.2
+    # standardised, the bimodal dimension has far lower within-cluster spread: recovered
+    assert adjusted_rand(truth, cluster_embeddings(x, 2, standardise=True)) > 0.9
+
+
+def test_clustering_rejects_bad_input():
+    x, _ = blobs(n_per=5)
+    with pytest.raises(ValueError, match="n_clusters"):
+        cluster_embeddings(x, 100)
+    with pytest.raises(ValueError, match="unknown clustering method"):
+        cluster_embeddings(x, 2, method="dbscan")
+    bad = x.copy()
+    bad[0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        cluster_embeddings(bad, 2)
+    with pytest.raises(ValueError, match="shape"):
+        cluster_embeddings(np.zeros(10), 2)
+
+
+# -- baseline ----------------------------------------------------------------------------
+
+def test_pca_kmeans_baseline_recovers_disc_positions():
+    truth = np.repeat(np.arange(3), 30)
+    patterns, _ = disc_patterns(truth)
+    labels = pca_kmeans_baseline(patterns.reshape(9, 10, 32, 32), 3, n_components=10)
+    assert labels.shape == (9, 10)
+    assert adjusted_rand(truth.reshape(9, 10), labels) == pytest.approx(1.0)
+
+
+def test_baseline_matches_the_published_simulation_figures(sim_three_region_path):
+    # sim/README.md: k-means on PCA(10) of log(1 + counts) -> ARI 0.919 all, 1.000 core
+    with h5py.File(sim_three_region_path, "r") as f:
+        counts = f["data_counts"][()]
+        truth = f["labels"][()]
+        core = f["boundary_distance"][()] >= 4.0
+    x = np.log1p(counts)
+    x = (x - x.min()) / (x.max() - x.min())
+    labels = pca_kmeans_baseline(x, 3, n_components=10, seed=0)
+    assert adjusted_rand(truth, labels, mask=core) == pytest.approx(1.0)
+    assert adjusted_rand(truth, labels) == pytest.approx(0.919, abs=0.01)
+
+
+# -- class means -------------------------------------------------------------------------
+
+def test_class_mean_patterns_from_arrays_and_chunked_dataset_agree():
+    truth = np.repeat(np.arange(3), 24)
+    patterns, templates = disc_patterns(truth, noise=0.02)
+    means, counts = class_mean_patterns(patterns, truth, return_counts=True)
+    assert means.shape == (3, 32, 32)
+    assert counts.tolist() == [24, 24, 24]
+    np.testing.assert_allclose(means, templates, atol=0.03)
+    expected = np.stack([patterns[truth == c].mean(axis=0) for c in range(3)])
+    np.testing.assert_allclose(means, expected, rtol=1e-5, atol=1e-6)
+
+    # a (Ry, Rx) scan read lazily in chunks of two scan rows
+    ds = Dataset4D(da.from_array(patterns.reshape(8, 9, 32, 32), chunks=(3, 9, 32, 32)))
+    lab_map = truth.reshape(8, 9)
+    chunked = class_mean_patterns(ds, lab_map, chunk_size=18)
+    np.testing.assert_allclose(chunked, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_class_mean_patterns_ignore_negative_labels_and_report_empty_classes():
+    patterns = np.stack([np.full((8, 8), v, dtype=np.float32) for v in (1, 2, 3, 100)])
+    labels = np.array([0, 0, 2, -1])
+    means, counts = class_mean_patterns(patterns, labels, n_clusters=4, return_counts=True)
+    assert counts.tolist() == [2, 0, 1, 0]
+    assert means[0, 0, 0] == pytest.approx(1.5)
+    assert means[2, 0, 0] == pytest.approx(3.0)
+    assert np.all(means[1] == 0) and np.all(means[3] == 0)
+    with pytest.raises(ValueError, match="positions"):
+        class_mean_patterns(patterns, labels[:3])
+
+
+def test_class_mean_patterns_apply_a_preprocessor_per_chunk():
+    class Doubler:
+        def transform_patterns(self, raw):
+            return np.asarray(raw, dtype=np.float32) * 2
+
+    patterns = np.ones((6, 8, 8), dtype=np.float32)
+    means = class_mean_patterns(patterns, np.zeros(6, int), preprocessor=Doubler(), chunk_size=4)
+    assert np.allclose(means, 2.0)
+
+
+# -- projection --------------------------------------------------------------------------
+
+def test_pca_projection_preserves_distances_of_planar_data():
+    rng = np.random.default_rng(0)
+    plane = rng.normal(size=(50, 2)) * [3.0, 1.0]
+    basis, _ = np.linalg.qr(rng.normal(size=(10, 2)))
+    emb = plane @ basis.T + 5.0
+    proj = project_2d(emb.reshape(5, 10, 10), standardise=False)
+    assert proj.shape == (50, 2)
+
+    def dists(a):
+        return np.linalg.norm(a[:, None] - a[None], axis=-1)
+
+    np.testing.assert_allclose(dists(proj), dists(plane), atol=1e-4)
+
+
+def test_umap_projection_or_a_clear_error():
+    x, _ = blobs(n_per=20)
+    try:
+        import umap  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match="umap-learn"):
+            project_2d(x, method="umap")
+    else:
+        assert project_2d(x, method="umap").shape == (60, 2)
+    with pytest.raises(ValueError, match="unknown projection"):
+        project_2d(x, method="tsne")
+
+
+# -- reconstruction quality and latent usage ---------------------------------------------
+
+def test_per_class_quality_matches_the_definition():
+    rng = np.random.default_rng(0)
+    inputs = rng.uniform(size=(20, 16, 16))
+    recon = inputs.copy()
+    labels = np.repeat([0, 1], 10)
+    recon[labels == 1] += 0.1  # constant offset -> MSE 0.01 -> PSNR 20 dB at data_range 1
+    q = per_class_reconstruction_quality(inputs, recon, labels, data_range=1.0)
+    assert set(q) == {0, 1}
+    assert q[0][0] == np.inf and q[0][1] == pytest.approx(1.0)
+    assert q[1][0] == pytest.approx(20.0, abs=1e-6)
+    assert q[1][1] < 1.0
+    # data_range is explicit: the same error at range 2 reads 6.02 dB better
+    assert per_class_reconstruction_quality(inputs, recon, labels, data_range=2.0)[1][0] == \
+        pytest.approx(20.0 + 20 * np.log10(2.0), abs=1e-6)
+    psnr_all, _ = reconstruction_quality(inputs, recon)
+    assert psnr_all == pytest.approx(10 * np.log10(1 / 0.005), abs=1e-6)
+
+
+def test_live_and_effective_dimensions():
+    rng = np.random.default_rng(0)
+    z = np.zeros((400, 32))
+    z[:, :5] = rng.normal(size=(400, 5))
+    z[:, 5:8] = 1e-6 * rng.normal(size=(400, 3))  # negligible
+    assert live_dimensions(z, threshold=0.01) == 5
+    assert live_dimensions(np.zeros((10, 32))) == 0
+    assert effective_dimensions(z) == pytest.approx(5.0, rel=0.15)
+    # a collapsed latent: 32 live units that are all functions of one scalar
+    s = rng.uniform(size=(400, 1))
+    collapsed = np.maximum(0.0, s * rng.uniform(0.5, 2.0, size=32))
+    assert live_dimensions(collapsed) == 32
+    assert effective_dimensions(collapsed) == pytest.approx(1.0, abs=1e-6)

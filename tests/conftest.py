@@ -1,0 +1,32 @@
+"""Shared test fixtures.
+
+``shared/`` (real vendor files, simulated data) lives beside the repository root:
+``<repo root>/../shared``, both here and in CI.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DIR = (REPO_ROOT / ".." / "shared").resolve()
+SIM_THREE_REGION = SHARED_DIR / "data" / "sim" / "abtem_three_region.h5"
+REAL_DATA_DIR = SHARED_DIR / "data" / "real"
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """The shared data folder; tests that need it skip when it is absent."""
+    if not SHARED_DIR.is_dir():
+        pytest.skip(f"shared data folder not found at {SHARED_DIR}")
+    return SHARED_DIR
+
+
+@pytest.fixture(scope="session")
+def sim_three_region_path() -> Path:
+    """The labelled abTEM simulation (three regions), skipping when it is absent."""
+    if not SIM_THREE_REGION.is_file():
+        pytest.skip(f"simulated data not found at {SIM_THREE_REGION}")
+    return SIM_THREE_REGION
