@@ -1,5 +1,10 @@
-"""Reading 4D-STEM data: the lazy dataset type, format readers, preprocessing, sample data."""
+"""Reading 4D-STEM data: the lazy dataset type, format readers, preprocessing, sample data.
+
+Importing this package is cheap (no torch, no Qt); format libraries load on first use.
+"""
 
 from .dataset import Calibration, Dataset4D
+from .errors import DatasetError
+from .readers import open_dataset
 
-__all__ = ["Calibration", "Dataset4D"]
+__all__ = ["Calibration", "Dataset4D", "DatasetError", "open_dataset"]

@@ -1,0 +1,201 @@
+"""The widgets' one doorway to the engine, io and analysis layers (no Qt here).
+
+Everything heavy (torch, the training engine, scikit-learn) is imported inside the functions so
+that importing the plugin, or opening napari, stays fast. Functions here run in worker threads
+as well as on the GUI thread, so they never touch widgets or layers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from typing import Any, Callable
+
+import numpy as np
+
+Progress = Callable[[int, int], None]
+
+
+def available_devices() -> list[str]:
+    """``auto``, ``cpu``, each ``cuda:N`` torch sees, and ``mps`` when present."""
+    import torch
+
+    devices = ["auto", "cpu"]
+    if torch.cuda.is_available():
+        devices += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        devices.append("mps")
+    return devices
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> the best device present; anything else is returned unchanged."""
+    if device != "auto":
+        return device
+    devices = available_devices()
+    for d in devices:
+        if d.startswith("cuda"):
+            return d
+    return "mps" if "mps" in devices else "cpu"
+
+
+def preset_names() -> tuple[list[str], str]:
+    from ..models.config import DEFAULT_PRESET, PRESETS
+
+    return list(PRESETS), DEFAULT_PRESET
+
+
+def make_train_config(**values: Any) -> Any:
+    """A frozen TrainConfig from widget values; keys the engine does not know are dropped."""
+    from ..training.config import TrainConfig
+
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in values.items() if k in known})
+
+
+def train(dataset: Any, config: Any, stop: threading.Event, resume_from: Any = None):
+    """The engine's event generator (runs inside a thread_worker)."""
+    from ..training.engine import train as engine_train
+
+    return engine_train(dataset, config, stop=stop, resume_from=resume_from)
+
+
+def load_checkpoint(path: str, device: str = "cpu") -> Any:
+    from ..training.checkpoints import load_checkpoint as _load
+
+    return _load(path, device=resolve_device(device))
+
+
+def save_checkpoint(path: str, loaded: Any) -> None:
+    """Write ``loaded`` (a LoadedModel) to ``path`` (atomic, safetensors + JSON)."""
+    from ..training.checkpoints import save_checkpoint as _save
+
+    _save(path, loaded.model, loaded.preprocessor, loaded.train_config, loaded.history)
+
+
+def embed_and_score(loaded: Any, dataset: Any, device: str, progress: Progress | None = None,
+                    stop: threading.Event | None = None, batch_size: int = 64
+                    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Embeddings (Ry', Rx', 32) and reconstruction-error maps of a whole scan."""
+    from ..analysis import embedding
+
+    device = resolve_device(device)
+    model = loaded.model.to(device)
+    if hasattr(embedding, "embed_and_score"):
+        out = embedding.embed_and_score(model, loaded.preprocessor, dataset, batch_size=batch_size,
+                                        device=device, progress=progress, stop=stop)
+        if isinstance(out, dict):
+            emb = out["embeddings"]
+            maps = {k: v for k, v in out.items() if k != "embeddings"}
+        else:
+            emb, maps = out
+        return np.asarray(emb, dtype=np.float32), dict(maps)
+    emb = embedding.embed_dataset(model, loaded.preprocessor, dataset, batch_size=batch_size,
+                                  device=device, progress=progress, stop=stop)
+    maps = embedding.reconstruction_error_maps(model, loaded.preprocessor, dataset,
+                                               batch_size=batch_size, device=device)
+    return np.asarray(emb, dtype=np.float32), dict(maps)
+
+
+def reconstruct_one(loaded: Any, raw: np.ndarray, device: str) -> tuple[np.ndarray, np.ndarray]:
+    """(input, reconstruction) of one raw pattern, both in the model's [0, 1] space."""
+    from ..analysis.embedding import reconstruct
+
+    inputs, recon = reconstruct(loaded.model, loaded.preprocessor, raw, resolve_device(device))
+    shape = np.shape(recon)[-2:]
+    return (np.asarray(inputs, dtype=np.float32).reshape(shape),
+            np.asarray(recon, dtype=np.float32).reshape(shape))
+
+
+def decode_latent(loaded: Any, z: np.ndarray, out_shape: tuple[int, int], device: str) -> np.ndarray:
+    """Decode one 32-D latent vector into a pattern in [0, 1] (for the traversal sliders)."""
+    import torch
+
+    model = loaded.model
+    dev = next(model.parameters()).device
+    with torch.no_grad():
+        t = torch.as_tensor(np.asarray(z, dtype=np.float32)[None], device=dev)
+        out = model.decode(t, tuple(out_shape))
+    return out[0, 0].float().cpu().numpy()
+
+
+def pattern_quality(inputs: np.ndarray, recon: np.ndarray) -> tuple[float, float]:
+    """PSNR (dB) and SSIM of one reconstruction, both arrays in [0, 1]."""
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    a = np.asarray(inputs, dtype=np.float64)
+    b = np.asarray(recon, dtype=np.float64)
+    mse = float(np.mean((a - b) ** 2))
+    psnr = float("inf") if mse == 0 else float(peak_signal_noise_ratio(a, b, data_range=1.0))
+    win = min(7, min(a.shape) // 2 * 2 - 1)
+    ssim = float(structural_similarity(a, b, data_range=1.0, win_size=max(win, 3)))
+    return psnr, ssim
+
+
+def cluster(embeddings: np.ndarray, n_clusters: int, method: str, seed: int = 0) -> np.ndarray:
+    from ..analysis.clustering import cluster_embeddings
+
+    return np.asarray(cluster_embeddings(embeddings, n_clusters, method=method, seed=seed))
+
+
+def class_means(dataset: Any, labels: np.ndarray) -> np.ndarray:
+    from ..analysis.clustering import class_mean_patterns
+
+    return np.asarray(class_mean_patterns(dataset, labels))
+
+
+def project(embeddings: np.ndarray, method: str = "pca", seed: int = 0) -> np.ndarray:
+    from ..analysis.clustering import project_2d
+
+    flat = np.asarray(embeddings).reshape(-1, np.shape(embeddings)[-1])
+    return np.asarray(project_2d(flat, method=method, seed=seed), dtype=np.float32)
+
+
+def export(path: str, state: Any, labels: np.ndarray | None = None) -> None:
+    """Write embeddings (+ error maps, labels, configs) as HDF5, or the map stack as TIFF."""
+    from ..analysis import embedding
+
+    lower = str(path).lower()
+    if lower.endswith((".tif", ".tiff")):
+        embedding.export_tiff(path, np.moveaxis(state.embeddings, -1, 0))
+        return
+    loaded = state.model
+    extra = {} if labels is None else {"cluster_labels": labels}
+    embedding.export_hdf5(path, state.embeddings, state.error_maps or {},
+                          loaded.model.config if loaded is not None else None,
+                          loaded.preprocessor.to_dict() if loaded is not None else None, extra)
+
+
+def virtual_images(dataset: Any, bf_radius: float, adf_inner: float, adf_outer: float,
+                   centre: tuple[float, float] | None = None, progress: Progress | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Virtual bright field and annular dark field (one pass each, chunked)."""
+    from ..analysis import virtual
+
+    bf = virtual.virtual_bright_field(dataset, radius=bf_radius, centre=centre, progress=progress)
+    adf = virtual.virtual_annular_dark_field(dataset, adf_inner, adf_outer, centre=centre,
+                                             progress=progress)
+    return np.asarray(bf, dtype=np.float32), np.asarray(adf, dtype=np.float32)
+
+
+def beam_estimate(dataset: Any) -> tuple[tuple[float, float], float]:
+    """(centre (y, x), radius) of the direct beam, for default detector radii."""
+    from ..analysis import virtual
+
+    for name in ("estimate_direct_beam", "estimate_beam", "direct_beam", "find_direct_beam"):
+        fn = getattr(virtual, name, None)
+        if fn is not None:
+            out = fn(dataset)
+            if isinstance(out, dict):
+                return tuple(out["centre"]), float(out["radius"])
+            centre, radius = out[0], out[1]
+            return (float(centre[0]), float(centre[1])), float(radius)
+    qy, qx = dataset.detector_shape
+    return ((qy - 1) / 2, (qx - 1) / 2), min(qy, qx) / 8
+
+
+def open_sample_dataset(**kwargs: Any) -> Any:
+    from ..io.sample import make_sample_dataset
+
+    return make_sample_dataset(**kwargs)

@@ -1,0 +1,379 @@
+"""The training engine: a plain generator that trains and reports typed events.
+
+::
+
+    stop = threading.Event()
+    for event in train(dataset, TrainConfig(epochs=5), stop=stop):
+        ...                       # BatchEnd, EpochEnd, Preview, CheckpointSaved, ...
+    # the last event is Finished or Failed
+
+No Qt here: the napari widget wraps this generator in a ``thread_worker``; the CLI iterates it
+with a progress bar; under ``torchrun`` each rank iterates its own copy (see
+``training.distributed``). One optimiser step = one encoder pass (``encode_decode``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler
+
+from ..io.dataset import Dataset4D
+from ..io.preprocess import Preprocessor
+from ..models.autoencoder import Autoencoder
+from ..models.config import MIN_INPUT_SIZE
+from . import distributed as ddp
+from .checkpoints import CheckpointError, load_checkpoint, save_checkpoint
+from .config import TrainConfig
+from .data import (CachedPatterns, StreamedPatterns, fit_preprocessor, preview_grid,
+                   split_positions, stack_batch)
+from .device import Precision, choose_precision, resolve_device
+from .events import (BatchEnd, CheckpointSaved, EpochEnd, Event, Failed, Finished, Preview,
+                     Started)
+
+log = logging.getLogger(__name__)
+
+LOSS_KEYS = ("total", "mse", "l1", "contrastive", "divergence")
+_PREVIEW_MAX_BYTES = 256 * 1024**2
+
+
+class EncodeDecode(nn.Module):
+    """``forward = autoencoder.encode_decode`` so DDP and torch.compile see the one-pass step."""
+
+    def __init__(self, autoencoder: Autoencoder) -> None:
+        super().__init__()
+        self.autoencoder = autoencoder
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.autoencoder.encode_decode(x)
+
+
+def _device_for_rank(config: TrainConfig, ctx: ddp.DistContext) -> torch.device:
+    device = resolve_device(config.device)
+    if ctx.enabled and device.type == "cuda":
+        device = torch.device("cuda", ctx.local_rank)  # one GPU per process
+    return device
+
+
+def _has_unused_parameters(model: Autoencoder, input_shape: tuple[int, int],
+                           device: torch.device) -> bool:
+    """Whether some parameters get no gradient (e.g. BN skipped on 1x1 maps), which DDP
+    must be told about. Probed with one backward pass in eval mode (no BN statistics move)."""
+    was_training = model.training
+    model.eval()
+    x = torch.zeros((2, 1, *input_shape), device=device)
+    x_hat, z = model.encode_decode(x)
+    (x_hat.sum() + z.sum()).backward()
+    unused = any(p.grad is None for p in model.parameters() if p.requires_grad)
+    model.zero_grad(set_to_none=True)
+    model.train(was_training)
+    return unused
+
+
+def _make_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer):
+    if config.lr_schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs,
+                                                          eta_min=config.lr * 0.01)
+    if config.lr_schedule == "plateau":
+        patience = max(1, (config.early_stopping_patience or 4) // 2)
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5,
+                                                          patience=patience)
+    return None
+
+
+@torch.inference_mode()
+def embed_tensor(model: Autoencoder, x: torch.Tensor, device: torch.device, precision: Precision,
+                 batch_size: int = 256) -> np.ndarray:
+    """Embeddings (N, latent) of preprocessed patterns (N, 1, H, W), model in eval mode."""
+    out = []
+    for start in range(0, x.shape[0], batch_size):
+        xb = precision.prepare_input(x[start:start + batch_size].to(device))
+        with precision.autocast():
+            out.append(model.embed(xb).float().cpu())
+    return torch.cat(out).numpy()
+
+
+@torch.inference_mode()
+def _evaluate(model: Autoencoder, loader: DataLoader, device: torch.device,
+              precision: Precision, lambdas: dict[str, float],
+              ctx: ddp.DistContext) -> dict[str, float]:
+    sums = torch.zeros(len(LOSS_KEYS) + 1, dtype=torch.float64)
+    for x in loader:
+        x = precision.prepare_input(x.to(device, non_blocking=True))
+        with precision.autocast():
+            x_hat, z = model.encode_decode(x)
+        losses = model.compute_loss(x, x_hat, z, **lambdas)
+        n = x.shape[0]
+        sums[:-1] += torch.stack([losses[k].detach().double().cpu() for k in LOSS_KEYS]) * n
+        sums[-1] += n
+    sums = ddp.sum_over_ranks(sums.to(device), ctx).cpu()
+    if sums[-1] == 0:
+        return {}
+    return {k: float(v) for k, v in zip(LOSS_KEYS, (sums[:-1] / sums[-1]).tolist())}
+
+
+def train(
+    dataset: Dataset4D,
+    config: TrainConfig,
+    *,
+    stop: threading.Event | None = None,
+    resume_from: str | Path | None = None,
+) -> Iterator[Event]:
+    """Train an autoencoder on ``dataset``; yields events, ending with Finished or Failed.
+
+    Set ``stop`` to end training between batches (a checkpoint is written when
+    ``config.checkpoint_path`` is set). ``resume_from`` continues a checkpoint's run: its
+    model, preprocessing, optimiser and schedule are restored and ``config.epochs`` counts
+    the total, so a checkpoint saved after 2 epochs resumed with ``epochs=5`` trains 3 more.
+    Setup problems (bad device, patterns too small, unreadable checkpoint) raise
+    ``ValueError``; problems while training (non-finite loss, I/O errors) yield ``Failed``.
+    """
+    t_start = time.monotonic()
+    stop = stop or threading.Event()
+    ctx = ddp.current()
+    device = _device_for_rank(config, ctx)
+    precision = choose_precision(device, config.amp, config.channels_last)
+    lambdas = config.lambdas()
+
+    # -- data and preprocessing --------------------------------------------------------
+    resumed = None
+    if resume_from is not None:
+        resumed = load_checkpoint(resume_from, device="cpu")
+        preprocessor = resumed.preprocessor
+        if preprocessor.config != config.preprocess:
+            log.info("resuming with the checkpoint's preprocessing, not the config's")
+        view = preprocessor.scan_view(dataset)
+    else:
+        view = Preprocessor(config.preprocess).scan_view(dataset)
+    split = split_positions(view.n_patterns, config.train_subset, config.val_fraction,
+                            config.seed)
+    if resumed is None:
+        preprocessor = fit_preprocessor(view, config.preprocess, split.train, seed=config.seed)
+    input_shape = preprocessor.output_shape(view.detector_shape)
+    if min(input_shape) < MIN_INPUT_SIZE:
+        raise ValueError(
+            f"{dataset.name}: after preprocessing the patterns are {input_shape[0]}x"
+            f"{input_shape[1]}; the network needs at least {MIN_INPUT_SIZE}x{MIN_INPUT_SIZE} "
+            "(bin or crop the detector less)")
+    if resumed is not None and tuple(resumed.input_shape) != tuple(input_shape):
+        raise CheckpointError(
+            f"{resumed.path}: the checkpoint was trained on {resumed.input_shape} patterns, "
+            f"this data gives {input_shape}")
+
+    per_pattern = input_shape[0] * input_shape[1] * 4
+    cached = (split.train.size + split.val.size) * per_pattern <= config.cache_max_mb * 1024**2
+    if cached:
+        train_ds = CachedPatterns.load(view, preprocessor, split.train)
+        val_ds = CachedPatterns.load(view, preprocessor, split.val)
+    else:
+        train_ds = StreamedPatterns(view, preprocessor, split.train)
+        val_ds = StreamedPatterns(view, preprocessor, split.val)
+
+    # -- model, optimiser, schedule ----------------------------------------------------
+    torch.manual_seed(config.seed)
+    model_config = resumed.model.config if resumed is not None else config.model_config()
+    model = Autoencoder(latent_dim=model_config.latent_dim, out_shape=input_shape,
+                        config=model_config)
+    if resumed is not None:
+        model.load_state_dict(resumed.model.state_dict())
+    use_sync_bn = ctx.enabled and device.type == "cuda" and config.sync_batchnorm in (True, "auto")
+    if use_sync_bn:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model.to(device)
+    if precision.channels_last:
+        model.to(memory_format=torch.channels_last)
+    step_module: nn.Module = EncodeDecode(model)
+    if ctx.enabled:
+        step_module = nn.parallel.DistributedDataParallel(
+            step_module, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=_has_unused_parameters(model, input_shape, device))
+    if config.compile:
+        step_module = torch.compile(step_module, dynamic=False)
+
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr,
+                                 weight_decay=config.weight_decay)
+    scheduler = _make_scheduler(config, optimizer)
+    start_epoch, global_step = 0, 0
+    history: list[dict[str, Any]] = []
+    if resumed is not None:
+        if resumed.optimizer_state is not None:
+            optimizer.load_state_dict(resumed.optimizer_state)
+        if scheduler is not None and resumed.scheduler_state:
+            scheduler.load_state_dict(resumed.scheduler_state)
+        start_epoch, global_step = resumed.epoch, resumed.global_step
+        history = list(resumed.history)
+
+    sampler = DistributedSampler(train_ds, num_replicas=ctx.world_size, rank=ctx.rank,
+                                 shuffle=True, seed=config.seed, drop_last=False)
+    pin = device.type == "cuda"
+    workers = 0 if cached else config.num_workers
+    loader = DataLoader(train_ds, batch_size=config.batch_size, sampler=sampler,
+                        num_workers=workers, collate_fn=stack_batch, pin_memory=pin,
+                        persistent_workers=workers > 0)
+    val_loader = None
+    if len(val_ds):
+        val_sampler = DistributedSampler(val_ds, num_replicas=ctx.world_size, rank=ctx.rank,
+                                         shuffle=False, drop_last=False)
+        val_loader = DataLoader(val_ds, batch_size=config.batch_size, sampler=val_sampler,
+                                num_workers=workers, collate_fn=stack_batch, pin_memory=pin)
+    steps_per_epoch = len(loader)
+
+    # -- preview grid (rank 0 only; small and kept in memory) --------------------------
+    preview_x = None
+    if ctx.is_main:
+        max_positions = max(1, min(config.preview_max_positions, _PREVIEW_MAX_BYTES // per_pattern))
+        p_step, p_flat, p_shape = preview_grid(view.scan_shape, max_positions)
+        preview_x = CachedPatterns.load(view, preprocessor, p_flat).data
+
+    def make_preview() -> Preview:
+        model.eval()
+        emb = embed_tensor(model, preview_x, device, precision, batch_size=max(config.batch_size, 64))
+        model.train()
+        return Preview(global_step=global_step, embeddings=emb.reshape(*p_shape, -1),
+                       positions_step=p_step)
+
+    checkpoint_path = Path(config.checkpoint_path) if config.checkpoint_path else None
+    last_checkpoint: str | None = None
+
+    def write_checkpoint(epochs_done: int) -> CheckpointSaved | None:
+        nonlocal last_checkpoint
+        if checkpoint_path is None or not ctx.is_main:
+            return None
+        save_checkpoint(
+            checkpoint_path, model, preprocessor, config, history, optimizer=optimizer,
+            scheduler_state=scheduler.state_dict() if scheduler is not None else None,
+            epoch=epochs_done, global_step=global_step, input_shape=input_shape,
+            extra={"world_size": ctx.world_size, "device": str(device)})
+        last_checkpoint = str(checkpoint_path)
+        return CheckpointSaved(path=last_checkpoint, epoch=epochs_done)
+
+    yield Started(config=config, n_train=int(split.train.size), n_val=int(split.val.size),
+                  steps_per_epoch=steps_per_epoch, epochs=config.epochs, device=str(device),
+                  input_shape=tuple(input_shape), scan_shape=tuple(view.scan_shape),
+                  start_epoch=start_epoch, world_size=ctx.world_size, cached=cached)
+
+    # -- the loop ----------------------------------------------------------------------
+    deadline = t_start + config.max_minutes * 60 if config.max_minutes else None
+    best, bad_epochs = math.inf, 0
+    last_preview_time = time.monotonic()
+    reason = "completed"
+    epoch = start_epoch
+    try:
+        model.train()
+        for epoch in range(start_epoch, config.epochs):
+            sampler.set_epoch(epoch)
+            sums = torch.zeros(len(LOSS_KEYS) + 1, dtype=torch.float64)
+            t_batch = time.perf_counter()
+            for step, x in enumerate(loader):
+                x = precision.prepare_input(x.to(device, non_blocking=True))
+                with precision.autocast():
+                    x_hat, z = step_module(x)
+                losses = model.compute_loss(x, x_hat, z, **lambdas)
+                values = torch.stack([losses[k].detach().double() for k in LOSS_KEYS]).cpu()
+                timed_out = deadline is not None and time.monotonic() > deadline
+                stop_now, out_of_time, non_finite = ddp.agree(
+                    [stop.is_set(), timed_out, not bool(torch.isfinite(values).all())],
+                    ctx, device)
+                if non_finite:
+                    bad = {k: float(v) for k, v in zip(LOSS_KEYS, values.tolist())
+                           if not math.isfinite(v)}
+                    where = (f"the last good checkpoint {last_checkpoint} was kept"
+                             if last_checkpoint else "no checkpoint had been written yet")
+                    yield Failed(
+                        reason=(f"non-finite loss at epoch {epoch + 1}, step {step + 1} "
+                                f"({', '.join(f'{k}={v}' for k, v in bad.items()) or 'on another rank'}); "
+                                f"training stopped and {where}. Try a lower learning rate or "
+                                "different loss weights."),
+                        checkpoint=last_checkpoint)
+                    return
+                if stop_now or out_of_time:
+                    reason = "stopped" if stop_now else "time_budget"
+                    break
+                optimizer.zero_grad(set_to_none=True)
+                losses["total"].backward()
+                if config.grad_clip_norm is not None:
+                    nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip_norm)
+                optimizer.step()
+                global_step += 1
+                n = x.shape[0]
+                sums[:-1] += values * n
+                sums[-1] += n
+                now = time.perf_counter()
+                rate = n * ctx.world_size / max(now - t_batch, 1e-9)
+                t_batch = now
+                yield BatchEnd(epoch=epoch, step=step, global_step=global_step,
+                               steps_per_epoch=steps_per_epoch,
+                               losses={k: float(v) for k, v in zip(LOSS_KEYS, values.tolist())},
+                               patterns_per_second=rate)
+                if ctx.is_main and (
+                        (config.preview_every_steps and global_step % config.preview_every_steps == 0)
+                        or (config.preview_every_seconds
+                            and time.monotonic() - last_preview_time >= config.preview_every_seconds)):
+                    yield make_preview()
+                    last_preview_time = time.monotonic()
+                    t_batch = time.perf_counter()
+            if reason != "completed":
+                break
+
+            # -- end of epoch: sync BN stats, validate, schedule, record, checkpoint ----
+            ddp.broadcast_buffers(model, ctx)
+            sums = ddp.sum_over_ranks(sums.to(device), ctx).cpu()
+            train_means = ({k: float(v) for k, v in zip(LOSS_KEYS, (sums[:-1] / sums[-1]).tolist())}
+                           if sums[-1] > 0 else {})
+            val_means = {}
+            if val_loader is not None:
+                model.eval()
+                val_means = _evaluate(model, val_loader, device, precision, lambdas, ctx)
+                model.train()
+            lr = float(optimizer.param_groups[0]["lr"])
+            monitor = val_means.get("total", train_means.get("total", math.inf))
+            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                scheduler.step(monitor)
+            elif scheduler is not None:
+                scheduler.step()
+            history.append({"epoch": epoch + 1, "train": train_means, "val": val_means,
+                            "lr": lr, "global_step": global_step,
+                            "seconds": round(time.monotonic() - t_start, 3)})
+            yield EpochEnd(epoch=epoch, train=train_means, val=val_means, lr=lr)
+            if monitor < best - config.early_stopping_min_delta:
+                best, bad_epochs = monitor, 0
+            else:
+                bad_epochs += 1
+            last_epoch = epoch + 1 == config.epochs
+            early = (config.early_stopping_patience is not None
+                     and bad_epochs >= config.early_stopping_patience)
+            if not last_epoch and not early and (epoch + 1) % config.checkpoint_every_epochs == 0:
+                saved = write_checkpoint(epoch + 1)
+                if saved is not None:
+                    yield saved
+            if early:
+                reason = "early_stopping"
+                epoch += 1
+                break
+        else:
+            epoch = config.epochs
+    except Exception as exc:  # I/O errors, out of memory...: report, keep the last checkpoint
+        log.exception("training failed")
+        yield Failed(reason=f"training failed: {type(exc).__name__}: {exc}",
+                     checkpoint=last_checkpoint)
+        return
+
+    # -- wrap up: a consistent state, a final preview and checkpoint ---------------------
+    ddp.broadcast_buffers(model, ctx)
+    if ctx.is_main and global_step > 0:
+        yield make_preview()
+    saved = write_checkpoint(epoch)  # completed epochs (a stopped epoch is redone on resume)
+    if saved is not None:
+        yield saved
+    model.eval()
+    yield Finished(reason=reason, checkpoint=last_checkpoint, history=history, model=model,
+                   preprocessor=preprocessor)
