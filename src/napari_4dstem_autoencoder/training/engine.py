@@ -207,9 +207,15 @@ def train(
     if resumed is not None:
         if resumed.optimizer_state is not None:
             optimizer.load_state_dict(resumed.optimizer_state)
-        if scheduler is not None and resumed.scheduler_state:
-            scheduler.load_state_dict(resumed.scheduler_state)
         start_epoch, global_step = resumed.epoch, resumed.global_step
+        if isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
+            # the cosine runs over this run's total epochs, which may be more than before
+            for group in optimizer.param_groups:
+                group["lr"] = scheduler.eta_min + (config.lr - scheduler.eta_min) * (
+                    1 + math.cos(math.pi * start_epoch / config.epochs)) / 2
+            scheduler.last_epoch = start_epoch
+        elif scheduler is not None and resumed.scheduler_state:
+            scheduler.load_state_dict(resumed.scheduler_state)
         history = list(resumed.history)
 
     sampler = DistributedSampler(train_ds, num_replicas=ctx.world_size, rank=ctx.rank,
