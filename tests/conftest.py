@@ -30,3 +30,11 @@ def sim_three_region_path() -> Path:
     if not SIM_THREE_REGION.is_file():
         pytest.skip(f"simulated data not found at {SIM_THREE_REGION}")
     return SIM_THREE_REGION
+
+
+@pytest.fixture(scope="session")
+def real_data_dir() -> Path:
+    """The real vendor-format test files (see real/PROVENANCE.md), skipping when absent."""
+    if not REAL_DATA_DIR.is_dir():
+        pytest.skip(f"real data folder not found at {REAL_DATA_DIR}")
+    return REAL_DATA_DIR

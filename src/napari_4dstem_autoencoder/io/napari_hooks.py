@@ -43,6 +43,22 @@ def _looks_like_hdf5(path: Path) -> bool:
         return False
 
 
+def _hdf5_has_patterns(path: Path) -> bool:
+    """HDF5 signature, then metadata only: some 3-5-D numeric dataset, an Arina master or EMD."""
+    if not _looks_like_hdf5(path):
+        return False
+    import h5py
+
+    from . import hdf5
+
+    try:
+        with h5py.File(path, "r") as f:
+            return (hdf5.is_arina_master(f) or hdf5.is_emd_file(f) or hdf5.is_velox_emd(f)
+                    or bool(hdf5.find_pattern_datasets(f)))
+    except Exception:
+        return False
+
+
 def _accepts(path: Path) -> bool:
     """Cheap test on name and magic bytes only; never opens the data."""
     suffix = path.suffix.lower()
@@ -51,12 +67,11 @@ def _accepts(path: Path) -> bool:
     if not path.is_file() or suffix not in SUFFIX_FORMATS:
         return False
     if suffix in (".h5", ".hdf5", ".hdf", ".nxs", ".emd", ".hspy"):
-        return _looks_like_hdf5(path)
+        return _hdf5_has_patterns(path)
     if suffix == ".npy":
-        try:
-            with open(path, "rb") as fh:
-                return fh.read(6) == b"\x93NUMPY"
-        except OSError:
+        try:  # a memory map reads the header only
+            return np.load(path, mmap_mode="r", allow_pickle=False).ndim in (3, 4, 5)
+        except Exception:
             return False
     if suffix == ".xml":
         try:
