@@ -100,8 +100,11 @@ def open_dataset(path: str | os.PathLike[str], *, scan_shape: tuple[int, int] | 
                 pass
         if isinstance(exc, DatasetError):
             raise
-        if isinstance(exc, (MemoryError, KeyboardInterrupt, SystemExit)):
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
             raise
+        if isinstance(exc, MemoryError):  # only a corrupt header asks for this much at open time
+            raise DatasetError(path, f"the header describes an impossibly large array ({exc}); "
+                                     "the file is corrupt") from exc
         raise DatasetError(path, f"could not be read as {fmt}: {type(exc).__name__}: {exc}") from exc
 
 
@@ -167,6 +170,10 @@ def _rsciio_module(fmt: str) -> Any:
 
 def _read_rsciio(fmt: str, path: Path, dataset: str | int | None, closers: list,
                  options: dict[str, Any]) -> Read:
+    if fmt == "blockfile":
+        with open(path, "rb") as fh:
+            if fh.read(6) != b"IMGBLO":
+                raise DatasetError(path, "not a NanoMegas blockfile (no 'IMGBLO' signature)")
     module = _rsciio_module(fmt)
     kwargs = dict(options)
     if fmt == "zspy":
