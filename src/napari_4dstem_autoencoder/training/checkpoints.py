@@ -101,7 +101,7 @@ def _optimizer_to_tensors(optimizer: torch.optim.Optimizer,
         for name, value in entries.items():
             if torch.is_tensor(value):
                 key = f"optim.{idx}.{name}"
-                tensors[key] = value.detach().cpu().contiguous().clone()
+                tensors[key] = value.detach().cpu().contiguous()
                 out[name] = {"tensor": key}
             else:
                 out[name] = {"value": value}
@@ -175,7 +175,7 @@ def save_checkpoint(
         raise TypeError(f"expected an Autoencoder, got {type(model).__name__}")
     if preprocessor.stats is None:
         raise ValueError("the preprocessor is not fitted; a checkpoint needs its statistics")
-    tensors = {f"model.{k}": v.detach().cpu().contiguous().clone()
+    tensors = {f"model.{k}": v.detach().cpu().contiguous()
                for k, v in model.state_dict().items()}
     optim_structure = _optimizer_to_tensors(optimizer, tensors) if optimizer is not None else None
     meta = {

@@ -1,0 +1,127 @@
+"""Export analysis results: one self-describing HDF5 file, and TIFF stacks of maps.
+
+HDF5 layout (written atomically, like checkpoints)::
+
+    /embeddings          (Ry, Rx, latent) float32
+    /error/mse, /error/psnr   (Ry, Rx) float32            (when given)
+    /extra/<name>        any further arrays (cluster labels, virtual images, ...)
+    attrs: model_config, preprocessing, metadata (JSON strings), package version, created
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import tifffile
+
+from .. import __version__
+
+RESULTS_FORMAT = "napari-4dstem-autoencoder/results"
+
+
+def _atomic_target(path: Path) -> tuple[int, str]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+
+
+def _commit(tmp: str, path: Path) -> None:
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def export_hdf5(
+    path: str | os.PathLike,
+    embeddings: np.ndarray,
+    error_maps: dict[str, np.ndarray] | None = None,
+    model_config: dict[str, Any] | None = None,
+    preprocessing: dict[str, Any] | None = None,
+    extra: dict[str, np.ndarray] | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> Path:
+    """Write embeddings, error maps, configs and extra arrays to one HDF5 file (atomically)."""
+    path = Path(path)
+    emb = np.asarray(embeddings, dtype=np.float32)
+    if emb.ndim != 3:
+        raise ValueError(f"embeddings must be (Ry, Rx, latent), got shape {emb.shape}")
+    fd, tmp = _atomic_target(path)
+    os.close(fd)
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.attrs["format"] = RESULTS_FORMAT
+            f.attrs["napari_4dstem_autoencoder_version"] = __version__
+            f.attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+            f.attrs["model_config"] = json.dumps(model_config or {})
+            f.attrs["preprocessing"] = json.dumps(preprocessing or {})
+            f.attrs["metadata"] = json.dumps(metadata or {}, default=str)
+            d = f.create_dataset("embeddings", data=emb, compression="gzip",
+                                 chunks=(min(emb.shape[0], 64), min(emb.shape[1], 64), emb.shape[2]))
+            d.attrs["axes"] = "Ry,Rx,latent"
+            for name, arr in (error_maps or {}).items():
+                arr = np.asarray(arr, dtype=np.float32)
+                if arr.shape != emb.shape[:2]:
+                    raise ValueError(f"error map {name!r} is {arr.shape}, the scan is {emb.shape[:2]}")
+                f.create_dataset(f"error/{name}", data=arr)
+            for name, arr in (extra or {}).items():
+                f.create_dataset(f"extra/{name}", data=np.asarray(arr))
+        _commit(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_results(path: str | os.PathLike) -> dict[str, Any]:
+    """Read back a results file: ``embeddings``, ``error`` (dict), ``extra`` (dict), configs."""
+    path = Path(path)
+    try:
+        f = h5py.File(path, "r")
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: not a readable HDF5 file ({exc})") from None
+    with f:
+        if f.attrs.get("format") != RESULTS_FORMAT or "embeddings" not in f:
+            raise ValueError(f"{path}: not a results file written by 'stem-ae embed'")
+        return {
+            "embeddings": f["embeddings"][()],
+            "error": {k: v[()] for k, v in f["error"].items()} if "error" in f else {},
+            "extra": {k: v[()] for k, v in f["extra"].items()} if "extra" in f else {},
+            "model_config": json.loads(f.attrs.get("model_config", "{}")),
+            "preprocessing": json.loads(f.attrs.get("preprocessing", "{}")),
+            "metadata": json.loads(f.attrs.get("metadata", "{}")),
+        }
+
+
+def export_tiff(path: str | os.PathLike, map_stack: np.ndarray, channel_axis: int | None = -1) -> Path:
+    """Write maps as a float32 TIFF stack, one page per channel (``(Y, X)`` gives one page).
+
+    ``channel_axis`` says which axis of a 3-D ``map_stack`` holds channels (default last, as
+    in (Ry, Rx, latent) embeddings); pages are written as (C, Y, X).
+    """
+    path = Path(path)
+    arr = np.asarray(map_stack, dtype=np.float32)
+    if arr.ndim == 3:
+        arr = np.moveaxis(arr, channel_axis if channel_axis is not None else 0, 0)
+        axes = "CYX"
+    elif arr.ndim == 2:
+        axes = "YX"
+    else:
+        raise ValueError(f"maps must be (Y, X) or a 3-D stack, got shape {arr.shape}")
+    fd, tmp = _atomic_target(path)
+    os.close(fd)
+    try:
+        tifffile.imwrite(tmp, np.ascontiguousarray(arr), metadata={"axes": axes})
+        _commit(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+__all__ = ["export_hdf5", "export_tiff", "read_results", "RESULTS_FORMAT"]
