@@ -42,7 +42,10 @@ def _as_dask(dataset: DatasetLike) -> tuple[da.Array, str]:
     data = dataset if isinstance(dataset, da.Array) else da.from_array(np.asarray(dataset))
     if data.ndim != 4:
         raise ValueError(f"expected a 4-D array (Ry, Rx, Qy, Qx), got shape {tuple(data.shape)}")
-    return rechunk_whole_patterns(data), "array"
+    if data.chunks[2] != (data.shape[2],) or data.chunks[3] != (data.shape[3],) \
+            or not isinstance(dataset, da.Array):
+        data = rechunk_whole_patterns(data)  # a dask array already in whole patterns is kept as is
+    return data, "array"
 
 
 def iter_blocks(dataset: DatasetLike, progress: Progress | None = None
@@ -103,14 +106,18 @@ def compute_virtual(dataset: DatasetLike, detectors: Mapping[str, np.ndarray] | 
     images = np.zeros((ry, rx, len(names)), dtype=np.float64)
     total = np.zeros((qy, qx), dtype=np.float64) if mean else None
     peak = None
+    integer = np.issubdtype(data.dtype, np.integer)
     for sy, sx, block in iter_blocks(data, progress):
         flat = block.reshape(-1, qy * qx)
         if weights is not None:
-            # float32 product, float64 accumulation across blocks: exact for counts < 2**24
+            # float32 product per pattern (exact for counts < 2**24), float64 image
             images[sy, sx] = (flat.astype(np.float32, copy=False) @ weights).reshape(
                 block.shape[0], block.shape[1], len(names))
         if total is not None:
-            total += flat.sum(axis=0, dtype=np.float64).reshape(qy, qx)
+            # integer counts sum exactly (and fastest) in uint64/int64
+            acc = (np.uint64 if np.issubdtype(data.dtype, np.unsignedinteger) else np.int64) \
+                if integer else np.float64
+            total += np.add.reduce(flat, axis=0, dtype=acc).reshape(qy, qx)
         if maximum:
             bmax = flat.max(axis=0).reshape(qy, qx)
             peak = bmax if peak is None else np.maximum(peak, bmax)
