@@ -1,0 +1,180 @@
+"""The training generator: events, stop, determinism, streaming, resume, failures."""
+
+import hashlib
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from napari_4dstem_autoencoder.models.autoencoder import Autoencoder
+from napari_4dstem_autoencoder.training.checkpoints import load_checkpoint
+from napari_4dstem_autoencoder.training.data import (CachedPatterns, StreamedPatterns,
+                                                     fit_preprocessor, preview_grid,
+                                                     split_positions)
+from napari_4dstem_autoencoder.training.engine import train
+from napari_4dstem_autoencoder.training.events import (BatchEnd, CheckpointSaved, EpochEnd,
+                                                       Failed, Finished, Preview, Started)
+
+
+def of(events, kind):
+    return [e for e in events if isinstance(e, kind)]
+
+
+def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_event_sequence_of_a_run(trained_run):
+    ev = trained_run.events
+    assert isinstance(ev[0], Started) and isinstance(ev[-1], Finished)
+    started = ev[0]
+    assert (started.n_train, started.n_val) == (7, 2)
+    assert started.steps_per_epoch == 2 and started.input_shape == (32, 32)
+    assert started.scan_shape == (3, 3) and started.cached
+    batches = of(ev, BatchEnd)
+    assert [b.global_step for b in batches] == [1, 2]
+    assert set(batches[0].losses) == {"total", "mse", "l1", "contrastive", "divergence"}
+    assert all(b.patterns_per_second > 0 for b in batches)
+    (epoch,) = of(ev, EpochEnd)
+    assert epoch.val and epoch.train["mse"] > 0 and epoch.lr == pytest.approx(1e-3)
+    previews = of(ev, Preview)
+    assert len(previews) >= 2  # every step, and one at the end
+    assert previews[-1].embeddings.shape == (3, 3, 32)
+    assert previews[-1].embeddings.dtype == np.float32
+    assert of(ev, CheckpointSaved)[-1].epoch == 1
+    done = ev[-1]
+    assert done.reason == "completed" and len(done.history) == 1
+    assert not done.model.training
+    loaded = load_checkpoint(done.checkpoint)
+    assert same_weights(loaded.model, done.model)
+    assert loaded.history == done.history
+
+
+def test_same_seed_same_weights_also_when_streaming(trained_run):
+    """Deterministic on CPU; the streamed DataLoader path sees the same data as the cache."""
+    config = trained_run.config.replace(checkpoint_path=None, preview_every_steps=None,
+                                        cache_max_mb=0)
+    events = list(train(trained_run.dataset, config))
+    assert events[0].cached is False
+    assert same_weights(events[-1].model, trained_run.events[-1].model)
+
+
+def test_stop_ends_between_batches_with_a_valid_checkpoint(tiny_dataset, tiny_config, tmp_path):
+    stop = threading.Event()
+    path = tmp_path / "stopped.safetensors"
+    events = []
+    for event in train(tiny_dataset(), tiny_config(epochs=3, checkpoint_path=str(path)), stop=stop):
+        events.append(event)
+        if isinstance(event, BatchEnd):
+            stop.set()
+    assert len(of(events, BatchEnd)) == 1
+    done = events[-1]
+    assert isinstance(done, Finished) and done.reason == "stopped"
+    loaded = load_checkpoint(done.checkpoint)
+    assert loaded.global_step == 1 and loaded.epoch == 0
+    assert same_weights(loaded.model, done.model)
+
+
+def test_time_budget_and_pre_set_stop_end_before_any_step(tiny_dataset, tiny_config):
+    ds = tiny_dataset()
+    out = list(train(ds, tiny_config(max_minutes=1e-9)))
+    assert out[-1].reason == "time_budget" and not of(out, BatchEnd)
+    stop = threading.Event()
+    stop.set()
+    out = list(train(ds, tiny_config(), stop=stop))
+    assert out[-1].reason == "stopped" and not of(out, BatchEnd)
+
+
+def test_non_finite_loss_fails_and_keeps_the_last_good_checkpoint(
+        tiny_dataset, tiny_config, tmp_path, monkeypatch):
+    path = tmp_path / "m.safetensors"
+    real = Autoencoder.compute_loss
+    calls = {"n": 0}
+
+    def poisoned(self, *args, **kwargs):
+        losses = real(self, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 4:  # first step of epoch 2 (2 train steps + 1 val batch before)
+            losses["mse"] = losses["mse"] * float("nan")
+            losses["total"] = losses["total"] * float("nan")
+        return losses
+
+    monkeypatch.setattr(Autoencoder, "compute_loss", poisoned)
+    events = []
+    for event in train(tiny_dataset(), tiny_config(epochs=2, val_fraction=0.25,
+                                                   checkpoint_path=str(path))):
+        events.append(event)
+        if isinstance(event, CheckpointSaved):
+            good = hashlib.sha256(path.read_bytes()).hexdigest()
+    failed = events[-1]
+    assert isinstance(failed, Failed)
+    assert "non-finite loss" in failed.reason and "epoch 2" in failed.reason
+    assert failed.checkpoint == str(path)
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == good
+    assert load_checkpoint(path).epoch == 1
+
+
+def test_resume_counts_epochs_on(trained_run, tmp_path):
+    first = trained_run.events[-1]
+    out = tmp_path / "resumed.safetensors"
+    config = trained_run.config.replace(epochs=2, checkpoint_path=str(out),
+                                        preview_every_steps=None)
+    events = list(train(trained_run.dataset, config, resume_from=first.checkpoint))
+    started, done = events[0], events[-1]
+    assert started.start_epoch == 1
+    assert [e.epoch for e in of(events, EpochEnd)] == [1]
+    assert of(events, BatchEnd)[0].global_step == 3  # continues after the first run's 2 steps
+    assert done.reason == "completed" and [h["epoch"] for h in done.history] == [1, 2]
+    loaded = load_checkpoint(out)
+    assert loaded.epoch == 2 and loaded.global_step == 4
+    assert loaded.preprocessor.to_dict() == first.preprocessor.to_dict()
+    assert not same_weights(loaded.model, first.model)
+
+
+def test_early_stopping(tiny_dataset, tiny_config):
+    # no epoch can beat the best by 1e9: the second epoch counts as "no improvement"
+    config = tiny_config(epochs=5, early_stopping_patience=1, early_stopping_min_delta=1e9,
+                         train_subset=4)
+    events = list(train(tiny_dataset(), config))
+    assert events[-1].reason == "early_stopping"
+    assert len(of(events, EpochEnd)) == 2
+
+
+def test_patterns_too_small_for_the_network(tiny_dataset, tiny_config):
+    from napari_4dstem_autoencoder.io.preprocess import PreprocessConfig
+    config = tiny_config(preprocess=PreprocessConfig(detector_bin=2))
+    with pytest.raises(ValueError, match="at least 32x32"):
+        next(train(tiny_dataset(), config))
+
+
+def test_split_is_reproducible_and_disjoint():
+    a = split_positions(100, 40, 0.25, seed=1)
+    b = split_positions(100, 40, 0.25, seed=1)
+    assert np.array_equal(a.train, b.train) and np.array_equal(a.val, b.val)
+    assert (a.train.size, a.val.size) == (30, 10)
+    assert not set(a.train) & set(a.val)
+    assert not np.array_equal(split_positions(100, 40, 0.25, seed=2).train, a.train)
+    with pytest.raises(ValueError, match="at least 2 positions"):
+        split_positions(1, None, 0.0, 0)
+
+
+def test_streamed_and_cached_patterns_agree(tiny_dataset, tiny_config):
+    from napari_4dstem_autoencoder.io.preprocess import PreprocessConfig
+    ds = tiny_dataset(scan_shape=(4, 5))
+    idx = np.array([7, 0, 19, 3])
+    prep = fit_preprocessor(ds, PreprocessConfig(), idx)
+    streamed = StreamedPatterns(ds, prep, idx)
+    cached = CachedPatterns.load(ds, prep, idx)
+    got = torch.stack(streamed.__getitems__([2, 0, 1]))
+    assert torch.equal(got, cached.data[[2, 0, 1]])
+    assert got.shape == (3, 1, 32, 32) and 0 <= got.min() and got.max() <= 1
+    assert torch.equal(streamed[3], cached[3])
+
+
+def test_preview_grid_respects_the_position_cap():
+    step, flat, shape = preview_grid((100, 60), 400)
+    assert shape[0] * shape[1] <= 400 and flat.size == shape[0] * shape[1]
+    assert step == 4 and shape == (25, 15) and flat[1] == 4 and flat[shape[1]] == 4 * 60
+    assert preview_grid((3, 3), 4096)[0] == 1
