@@ -52,22 +52,31 @@ def _peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
+def _rss_now() -> int:
+    import psutil
+
+    return psutil.Process().memory_info().rss
+
+
 def stage_plain(path: str) -> dict:
     import h5py
 
+    rss_start = _rss_now()
     t0 = time.perf_counter()
     total = 0.0
     with h5py.File(path, "r") as f:
         ds = f["data"]
         for y in range(ds.shape[0]):  # one scan row per read: the simplest out-of-core loop
             total += float(ds[y].sum(dtype=np.float64))
-    return {"elapsed": time.perf_counter() - t0, "peak_rss": _peak_rss_bytes(), "check": total}
+    return {"elapsed": time.perf_counter() - t0, "peak_rss": _peak_rss_bytes(), "check": total,
+            "rss_start": rss_start}
 
 
 def stage_project(path: str) -> dict:
     from napari_4dstem_autoencoder.analysis.virtual import navigator_images
     from napari_4dstem_autoencoder.io import open_dataset
 
+    rss_start = _rss_now()
     t0 = time.perf_counter()
     ds = open_dataset(path)
     t_open = time.perf_counter() - t0
@@ -78,7 +87,7 @@ def stage_project(path: str) -> dict:
     ds.close()
     return {"open": t_open, "rss_after_open": rss_open, "elapsed": elapsed,
             "peak_rss": _peak_rss_bytes(), "check": float(out["mean_pattern"].sum() * ds.n_patterns),
-            "chunk_bytes": int(np.prod(ds.data.chunksize)) * ds.dtype.itemsize}
+            "chunk_bytes": int(np.prod(ds.data.chunksize)) * ds.dtype.itemsize, "rss_start": rss_start}
 
 
 def run_stage(name: str, path: Path) -> dict:
@@ -116,15 +125,15 @@ def main() -> None:
         plain = run_stage("plain", path)
         proj = run_stage("project", path)
         gb = nbytes / 1e9
-        print(f"{'':32s}{'elapsed s':>10s}{'GB/s':>8s}{'peak RSS MiB':>14s}")
-        print(f"{'plain h5py sequential sum':32s}{plain['elapsed']:10.2f}{gb / plain['elapsed']:8.2f}"
-              f"{plain['peak_rss'] / 2**20:14.0f}")
-        print(f"{'project BF+ADF+mean, one pass':32s}{proj['elapsed']:10.2f}{gb / proj['elapsed']:8.2f}"
-              f"{proj['peak_rss'] / 2**20:14.0f}")
+        print(f"{'':32s}{'elapsed s':>10s}{'GB/s':>8s}{'peak RSS MiB':>14s}{'RSS before MiB':>16s}")
+        for label, r in (("plain h5py sequential sum", plain), ("project BF+ADF+mean, one pass", proj)):
+            print(f"{label:32s}{r['elapsed']:10.2f}{gb / r['elapsed']:8.2f}"
+                  f"{r['peak_rss'] / 2**20:14.0f}{r['rss_start'] / 2**20:16.0f}")
         print(f"open_dataset: {proj['open'] * 1e3:.1f} ms, RSS after open {proj['rss_after_open'] / 2**20:.0f} MiB; "
               f"dask chunk {proj['chunk_bytes'] / 2**20:.0f} MiB")
         print(f"ratio project/plain throughput: {plain['elapsed'] / proj['elapsed']:.2f}; "
-              f"peak RSS / file size: {proj['peak_rss'] / nbytes:.3f}")
+              f"peak RSS / file size: {proj['peak_rss'] / nbytes:.3f} "
+              f"(growth over imports: {(proj['peak_rss'] - proj['rss_start']) / nbytes:.3f})")
         rel = abs(proj["check"] - plain["check"]) / max(plain["check"], 1.0)
         print(f"sum check (mean pattern x N vs plain sum): relative difference {rel:.2e}")
     finally:
