@@ -133,8 +133,9 @@ def dataset_layers(dataset: Dataset4D, name: str | None = None) -> LayerData:
     return [(bf, kwargs, "image")]
 
 
-def navigator_stride(dataset: Dataset4D, budget: int = NAVIGATOR_FULL_BYTES) -> int:
+def navigator_stride(dataset: Dataset4D, budget: int | None = None) -> int:
     """Scan stride that keeps the navigator's read under ``budget`` bytes (1 = every position)."""
+    budget = NAVIGATOR_FULL_BYTES if budget is None else budget
     nbytes = dataset.data.nbytes
     stride = 1
     while nbytes / stride**2 > budget:
