@@ -154,21 +154,21 @@ def annulus_mask(shape: tuple[int, int], centre: tuple[float, float],
     return ((r > inner) & (r <= outer)).astype(np.float32)
 
 
-def estimate_beam(dataset: DatasetLike, n_sample: int = 256, seed: int = 0) -> BeamEstimate:
-    """Direct-beam centre and radius from the mean of up to ``n_sample`` patterns.
+def estimate_beam(dataset: DatasetLike, n_sample: int = 256) -> BeamEstimate:
+    """Direct-beam centre and radius from the mean of about ``n_sample`` patterns.
 
-    The beam is the connected region above half of the (smoothed) maximum that contains the
-    brightest pixel; its centre is the intensity-weighted centroid, its radius sqrt(area / pi).
-    Reads only the sampled patterns.
+    The patterns lie on a regular grid over the scan (a strided slice, which dask passes to the
+    file library so only those patterns are read, not their whole chunks). The beam is the
+    connected region above half of the (smoothed) maximum that contains the brightest pixel; its
+    centre is the intensity-weighted centroid, its radius sqrt(area / pi).
     """
-    if isinstance(dataset, Dataset4D):
-        ds = dataset
-    else:
-        data, _ = _as_dask(dataset)
-        ds = Dataset4D(data=data)
-    n = min(n_sample, ds.n_patterns)
-    idx = np.sort(np.random.default_rng(seed).choice(ds.n_patterns, size=n, replace=False))
-    mean = ds.patterns(idx).astype(np.float64).mean(axis=0)
+    data, _ = _as_dask(dataset) if not isinstance(dataset, Dataset4D) else (dataset.data, "")
+    ry, rx = int(data.shape[0]), int(data.shape[1])
+    stride = 1
+    while -(-ry // stride) * -(-rx // stride) > n_sample:
+        stride += 1
+    grid = np.asarray(data[::stride, ::stride].compute())
+    mean = grid.reshape(-1, *grid.shape[2:]).astype(np.float64).mean(axis=0)
     return estimate_beam_from_pattern(mean)
 
 
