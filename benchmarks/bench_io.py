@@ -46,10 +46,37 @@ def write_file(path: Path, scan: tuple[int, int], det: tuple[int, int], chunk_ro
     return time.perf_counter() - t0
 
 
-def _peak_rss_bytes() -> int:
-    import resource
+class _PeakRSS:
+    """Samples this process's RSS every 5 ms in a thread (``ru_maxrss`` survives exec on Linux,
+    so a child would report the parent's peak)."""
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    def __init__(self) -> None:
+        import threading
+
+        import psutil
+
+        self._proc = psutil.Process()
+        self.peak = self._proc.memory_info().rss
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, self._proc.memory_info().rss)
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return max(self.peak, self._proc.memory_info().rss)
+
+
+_MONITOR: _PeakRSS | None = None
+
+
+def _peak_rss_bytes() -> int:
+    assert _MONITOR is not None
+    return max(_MONITOR.peak, _MONITOR._proc.memory_info().rss)
 
 
 def _rss_now() -> int:
@@ -106,6 +133,8 @@ def main() -> None:
     parser.add_argument("--stage", choices=("plain", "project"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.stage:
+        global _MONITOR
+        _MONITOR = _PeakRSS()
         result = stage_plain(str(args.path)) if args.stage == "plain" else stage_project(str(args.path))
         print(json.dumps(result))
         return
