@@ -1,14 +1,15 @@
 """Out-of-core benchmark: virtual BF + ADF + mean pattern over a chunked uint16 HDF5 file.
 
-Writes a synthetic scan (default 256x256 positions x 128x128 pixels, 4 GiB), then in one run:
+Writes a synthetic scan (default 256x256 positions x 128x128 pixels, 2 GiB as uint16), then in one run:
 1. a plain sequential h5py read of the whole dataset, chunk row by chunk row (the baseline),
 2. ``open_dataset`` (timed: opening must be instant) and one chunked pass computing virtual
    bright field, annular dark field and the mean pattern,
 and prints elapsed time, GB/s and peak resident memory of each, side by side, with ratios.
 Each stage runs in a fresh subprocess so its peak RSS is its own.
 
-    python benchmarks/bench_io.py            # 4 GiB in a temporary folder, deleted afterwards
+    python benchmarks/bench_io.py            # 2 GiB in a temporary folder, deleted afterwards
     python benchmarks/bench_io.py --small    # 64x64 x 128x128 (128 MiB)
+    python benchmarks/bench_io.py --scan 256 512   # 4 GiB
     python benchmarks/bench_io.py --path /data/bench.h5 --keep
 """
 
