@@ -77,25 +77,12 @@ def save_checkpoint(path: str, loaded: Any) -> None:
 def embed_and_score(loaded: Any, dataset: Any, device: str, progress: Progress | None = None,
                     stop: threading.Event | None = None, batch_size: int = 64
                     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Embeddings (Ry', Rx', 32) and reconstruction-error maps of a whole scan."""
-    from ..analysis import embedding
+    """Embeddings (Ry', Rx', 32) and reconstruction-error maps (mse, psnr) of a whole scan."""
+    from ..analysis.embedding import embed_and_score as _embed
 
-    device = resolve_device(device)
-    model = loaded.model.to(device)
-    if hasattr(embedding, "embed_and_score"):
-        out = embedding.embed_and_score(model, loaded.preprocessor, dataset, batch_size=batch_size,
-                                        device=device, progress=progress, stop=stop)
-        if isinstance(out, dict):
-            emb = out["embeddings"]
-            maps = {k: v for k, v in out.items() if k != "embeddings"}
-        else:
-            emb, maps = out
-        return np.asarray(emb, dtype=np.float32), dict(maps)
-    emb = embedding.embed_dataset(model, loaded.preprocessor, dataset, batch_size=batch_size,
-                                  device=device, progress=progress, stop=stop)
-    maps = embedding.reconstruction_error_maps(model, loaded.preprocessor, dataset,
-                                               batch_size=batch_size, device=device)
-    return np.asarray(emb, dtype=np.float32), dict(maps)
+    result = _embed(loaded.model, loaded.preprocessor, dataset, batch_size=batch_size,
+                    device=resolve_device(device), progress=progress, stop=stop)
+    return result.embeddings, {"mse": result.mse, "psnr": result.psnr}
 
 
 def reconstruct_one(loaded: Any, raw: np.ndarray, device: str) -> tuple[np.ndarray, np.ndarray]:
@@ -153,46 +140,43 @@ def project(embeddings: np.ndarray, method: str = "pca", seed: int = 0) -> np.nd
 
 
 def export(path: str, state: Any, labels: np.ndarray | None = None) -> None:
-    """Write embeddings (+ error maps, labels, configs) as HDF5, or the map stack as TIFF."""
-    from ..analysis import embedding
+    """Write embeddings (+ error maps, labels, configs) as HDF5, or the maps as a TIFF stack."""
+    from ..analysis.export import export_hdf5, export_tiff
 
-    lower = str(path).lower()
-    if lower.endswith((".tif", ".tiff")):
-        embedding.export_tiff(path, np.moveaxis(state.embeddings, -1, 0))
+    if str(path).lower().endswith((".tif", ".tiff")):
+        export_tiff(path, state.embeddings, channel_axis=-1)
         return
     loaded = state.model
-    extra = {} if labels is None else {"cluster_labels": labels}
-    embedding.export_hdf5(path, state.embeddings, state.error_maps or {},
-                          loaded.model.config if loaded is not None else None,
-                          loaded.preprocessor.to_dict() if loaded is not None else None, extra)
+    extra = {} if labels is None else {"cluster_labels": np.asarray(labels)}
+    export_hdf5(path, state.embeddings, state.error_maps or {},
+                loaded.model.config.to_dict() if loaded is not None else None,
+                loaded.preprocessor.to_dict() if loaded is not None else None, extra,
+                metadata={"dataset": state.dataset.name if state.dataset is not None else ""})
 
 
 def virtual_images(dataset: Any, bf_radius: float, adf_inner: float, adf_outer: float,
                    centre: tuple[float, float] | None = None, progress: Progress | None = None
                    ) -> tuple[np.ndarray, np.ndarray]:
-    """Virtual bright field and annular dark field (one pass each, chunked)."""
+    """Virtual bright field and annular dark field, both in one chunked pass over the data."""
     from ..analysis import virtual
 
-    bf = virtual.virtual_bright_field(dataset, radius=bf_radius, centre=centre, progress=progress)
-    adf = virtual.virtual_annular_dark_field(dataset, adf_inner, adf_outer, centre=centre,
-                                             progress=progress)
-    return np.asarray(bf, dtype=np.float32), np.asarray(adf, dtype=np.float32)
+    if centre is None:
+        centre = virtual.estimate_beam(dataset).centre
+    shape = tuple(dataset.detector_shape)
+    out = virtual.compute_virtual(
+        dataset, {"bf": virtual.disk_mask(shape, centre, bf_radius),
+                  "adf": virtual.annulus_mask(shape, centre, adf_inner, adf_outer)},
+        progress=progress)
+    return out["bf"].astype(np.float32), out["adf"].astype(np.float32)
 
 
-def beam_estimate(dataset: Any) -> tuple[tuple[float, float], float]:
-    """(centre (y, x), radius) of the direct beam, for default detector radii."""
+def beam_estimate(dataset: Any) -> tuple[tuple[float, float], float, tuple[float, float]]:
+    """(centre (y, x), radius) of the direct beam and default ADF (inner, outer) radii."""
     from ..analysis import virtual
 
-    for name in ("estimate_direct_beam", "estimate_beam", "direct_beam", "find_direct_beam"):
-        fn = getattr(virtual, name, None)
-        if fn is not None:
-            out = fn(dataset)
-            if isinstance(out, dict):
-                return tuple(out["centre"]), float(out["radius"])
-            centre, radius = out[0], out[1]
-            return (float(centre[0]), float(centre[1])), float(radius)
-    qy, qx = dataset.detector_shape
-    return ((qy - 1) / 2, (qx - 1) / 2), min(qy, qx) / 8
+    beam = virtual.estimate_beam(dataset)
+    inner, outer = virtual.default_adf_radii(beam, tuple(dataset.detector_shape))
+    return (float(beam.centre[0]), float(beam.centre[1])), float(beam.radius), (float(inner), float(outer))
 
 
 def open_sample_dataset(**kwargs: Any) -> Any:

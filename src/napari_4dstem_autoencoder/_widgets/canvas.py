@@ -15,8 +15,19 @@ import numpy as np
 from .state import DATASET_KEY, REALSPACE_KEY, StemState, get_state, unwrap_viewer
 
 PROBE_LAYER = "probe position"
+EMBEDDINGS_LAYER = "AE embeddings"
+ERROR_LAYER = "AE reconstruction error"
 _INSTALLED_ATTR = "_stem4d_canvas_installed"
 _ARROWS = {"Up": (-1, 0), "Down": (1, 0), "Left": (0, -1), "Right": (0, 1)}
+
+
+def _with_units(state: StemState, kwargs: dict[str, Any], ndim: int) -> dict[str, Any]:
+    """Give a new real-space layer the scan's units (as the reader's navigator has them)."""
+    ds = state.dataset
+    if ds is not None and "units" not in kwargs and ds.calibration.scan_unit not in ("px", ""):
+        unit = ds.calibration.scan_unit
+        kwargs["units"] = ("pixel",) * (ndim - 2) + (unit, unit)
+    return kwargs
 
 
 def upsert_image(viewer: Any, name: str, data: np.ndarray, **kwargs: Any) -> Any:
@@ -36,6 +47,8 @@ def upsert_image(viewer: Any, name: str, data: np.ndarray, **kwargs: Any) -> Any
             layer.metadata.update(metadata)
             return layer
         viewer.layers.remove(layer)
+    ndim = np.ndim(data) - (1 if kwargs.get("rgb") else 0)
+    kwargs = _with_units(get_state(viewer), kwargs, ndim)
     layer = viewer.add_image(data, name=name, metadata=metadata, **kwargs)
     bind_arrow_keys(layer, get_state(viewer))
     return layer
@@ -54,6 +67,7 @@ def upsert_labels(viewer: Any, name: str, data: np.ndarray, **kwargs: Any) -> An
         return layer
     if name in viewer.layers:
         viewer.layers.remove(viewer.layers[name])
+    kwargs = _with_units(get_state(viewer), kwargs, np.ndim(data))
     layer = viewer.add_labels(data, name=name, metadata=metadata, **kwargs)
     bind_arrow_keys(layer, get_state(viewer))
     return layer
@@ -91,7 +105,7 @@ def _on_click(state: StemState):
 
 
 def _update_probe(viewer: Any, state: StemState) -> None:
-    if state.dataset is None or state.position is None:
+    if viewer is None or state.dataset is None or state.position is None:
         return
     geo = state.file_geometry()
     point = np.array([[state.position[0], state.position[1]]], dtype=float)
@@ -104,10 +118,49 @@ def _update_probe(viewer: Any, state: StemState) -> None:
     active = viewer.layers.selection.active
     layer = viewer.add_points(point, name=PROBE_LAYER, scale=geo.step, size=size,
                               symbol="cross", face_color="#00e5ff", border_width=0,
-                              metadata={REALSPACE_KEY: True})
+                              metadata={REALSPACE_KEY: True}, **_with_units(state, {}, 2))
     bind_arrow_keys(layer, state)
     if active is not None:  # keep the user's active layer (and its key bindings)
         viewer.layers.selection.active = active
+
+
+def robust_limits(data: np.ndarray) -> tuple[float, float]:
+    """Contrast limits from the 0.5 and 99.5 percentiles (never an empty range)."""
+    finite = np.asarray(data)[np.isfinite(data)]
+    if finite.size == 0:
+        return 0.0, 1.0
+    lo, hi = np.percentile(finite, [0.5, 99.5])
+    return float(lo), float(hi) if hi > lo else float(lo) + 1e-6
+
+
+def show_embeddings(viewer: Any, state: StemState, embeddings: np.ndarray | None,
+                    positions_step: int = 1) -> Any:
+    """The embeddings (Ry', Rx', D) as ONE image layer (D, Ry', Rx') on the model grid.
+
+    ``positions_step`` > 1 is a training preview on every n-th position of that grid.
+    """
+    if viewer is None or embeddings is None or state.dataset is None:
+        return None
+    geo = state.embedding_geometry or state.model_geometry()
+    stack = np.ascontiguousarray(np.moveaxis(np.asarray(embeddings, dtype=np.float32), -1, 0))
+    scale = (1.0, geo.scale[0] * positions_step, geo.scale[1] * positions_step)
+    layer = upsert_image(viewer, EMBEDDINGS_LAYER, stack, scale=scale,
+                         translate=(0.0, *geo.translate), colormap="viridis",
+                         contrast_limits=robust_limits(stack),
+                         metadata={"positions_step": positions_step})
+    layer.metadata["positions_step"] = positions_step
+    return layer
+
+
+def show_error_map(viewer: Any, state: StemState, maps: dict[str, np.ndarray] | None) -> Any:
+    if viewer is None or not maps or state.dataset is None:
+        return None
+    key = "mse" if "mse" in maps else sorted(maps)[0]
+    geo = state.embedding_geometry or state.model_geometry()
+    data = np.asarray(maps[key], dtype=np.float32)
+    return upsert_image(viewer, ERROR_LAYER, data, scale=geo.scale, translate=geo.translate,
+                        colormap="magma", contrast_limits=robust_limits(data),
+                        metadata={"error_metric": key}, visible=False)
 
 
 def install(viewer: Any) -> StemState:
@@ -118,7 +171,10 @@ def install(viewer: Any) -> StemState:
         return state
     setattr(state, _INSTALLED_ATTR, True)
     viewer.mouse_drag_callbacks.append(_on_click(state))
-    state.position_changed.connect(lambda *_: _update_probe(viewer, state))
+    # the state holds its viewer weakly: so do these slots (no viewer kept alive by them)
+    state.position_changed.connect(lambda *_: _update_probe(state.viewer, state))
+    state.embeddings_changed.connect(lambda emb: show_embeddings(state.viewer, state, emb))
+    state.error_maps_changed.connect(lambda maps: show_error_map(state.viewer, state, maps))
 
     def inserted(event: Any) -> None:
         layer = event.value

@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from qtpy.QtCore import Signal
+from pyqtgraph import mkPen
+from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -63,6 +64,7 @@ class DataWidget(QWidget):
     """Chooses the dataset and preprocessing every other dock uses."""
 
     preview_updated = Signal()
+    beam_estimated = Signal()
 
     def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -142,15 +144,13 @@ class DataWidget(QWidget):
         # detector outlines on the raw preview
         self._circles = [QGraphicsEllipseItem() for _ in range(3)]
         for circle, colour in zip(self._circles, ("#00e5ff", "#ffeb3b", "#ffeb3b")):
-            from pyqtgraph import mkPen
-
-            circle.setPen(mkPen(colour, width=1, style=2))
+            circle.setPen(mkPen(colour, width=1, style=Qt.PenStyle.DashLine))
             self.preview.boxes[0].addItem(circle)
 
         self._relay = ProgressRelay()
         self._relay.progressed.connect(self._virtual_progress)
         self._previewer = LatestOnly(self._fit_and_transform, self._show_preview,
-                                     what="Preprocessing preview")
+                                     what="Preprocessing preview", owner=self)
 
         self.dataset_combo.currentIndexChanged.connect(self._on_combo)
         self.open_button.clicked.connect(self._open_file)
@@ -169,7 +169,7 @@ class DataWidget(QWidget):
         self.viewer.layers.events.inserted.connect(self._refresh_datasets)
         self.viewer.layers.events.removed.connect(self._refresh_datasets)
         self.state.dataset_changed.connect(self._on_dataset)
-        self.state.position_changed.connect(lambda *_: self._request_preview())
+        self.state.position_changed.connect(self._request_preview)
         self._refresh_datasets()
         self._on_config()
 
@@ -206,16 +206,23 @@ class DataWidget(QWidget):
             f"{dataset.detector_shape[1]}, {dataset.dtype}")
         if self.state.dataset_layer_name and self.dataset_combo.currentText() != self.state.dataset_layer_name:
             self.dataset_combo.setCurrentText(self.state.dataset_layer_name)
-        try:
-            centre, radius = backend.beam_estimate(dataset)
-        except Exception:
-            qy, qx = dataset.detector_shape
-            centre, radius = ((qy - 1) / 2, (qx - 1) / 2), min(qy, qx) / 8
-        self._beam_centre = centre
-        self.bf_radius.setValue(round(radius * 1.1, 1))
-        self.adf_inner.setValue(round(radius * 1.5, 1))
-        self.adf_outer.setValue(round(min(dataset.detector_shape) / 2 - 1, 1))
+        # the beam estimate reads a few hundred patterns: keep it off the GUI thread
+        start_function(backend.beam_estimate, dataset, what=f"Direct-beam estimate of {dataset.name}",
+                       on_result=lambda est, ds=dataset: self._apply_beam(ds, est), owner=self)
         self._on_config()
+
+    def _apply_beam(self, dataset: Any, estimate: tuple) -> None:
+        if dataset is not self.state.dataset:
+            return
+        centre, radius, (inner, outer) = estimate
+        self._beam_centre = centre
+        for spin, value in ((self.bf_radius, radius), (self.adf_inner, inner),
+                            (self.adf_outer, outer)):
+            spin.blockSignals(True)
+            spin.setValue(round(value, 1))
+            spin.blockSignals(False)
+        self._draw_circles()
+        self.beam_estimated.emit()
 
     def _open_file(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Open a 4D-STEM file")
@@ -334,7 +341,7 @@ class DataWidget(QWidget):
         self._vworker = start_function(
             backend.virtual_images, ds, self.bf_radius.value(), self.adf_inner.value(),
             self.adf_outer.value(), centre, self._relay, what="Virtual detector images",
-            on_result=lambda images: self._show_virtual(ds, images), on_finished=done)
+            on_result=lambda images: self._show_virtual(ds, images), on_finished=done, owner=self)
         return self._vworker
 
     def _virtual_progress(self, done: int, total: int) -> None:
@@ -344,10 +351,8 @@ class DataWidget(QWidget):
     def _show_virtual(self, dataset: Any, images: tuple[np.ndarray, np.ndarray]) -> None:
         bf, adf = images
         step = tuple(dataset.calibration.scan_step)
-        meta = {DATASET_KEY: dataset}
-        base = Path(self.state.dataset_layer_name or dataset.name).name
-        base = base.removesuffix(" virtual BF")
-        upsert_image(self.viewer, f"{base} virtual BF", bf, scale=step, metadata=meta,
-                     colormap="gray")
-        upsert_image(self.viewer, f"{base} virtual ADF", adf, scale=step, metadata=meta,
-                     colormap="gray", visible=False)
+        base = (self.state.dataset_layer_name or dataset.name).removesuffix(" virtual BF")
+        # the BF layer carries the dataset (it is the reader's navigator); ADF only shows it
+        upsert_image(self.viewer, f"{base} virtual BF", bf, scale=step,
+                     metadata={DATASET_KEY: dataset}, colormap="gray")
+        upsert_image(self.viewer, f"{base} virtual ADF", adf, scale=step, colormap="gray")

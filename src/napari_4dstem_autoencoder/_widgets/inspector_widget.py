@@ -62,10 +62,10 @@ class InspectorWidget(QWidget):
         layout.addWidget(hint)
 
         self._decoder = LatestOnly(self._reconstruct, self._show_reconstruction,
-                                   what="Reconstructing the pattern")
+                                   what="Reconstructing the pattern", owner=self)
         self.state.position_changed.connect(self._on_position)
-        self.state.model_changed.connect(lambda *_: self._refresh())
-        self.state.dataset_changed.connect(lambda *_: self._refresh())
+        self.state.model_changed.connect(self._refresh)
+        self.state.dataset_changed.connect(self._refresh)
         adopt_first_dataset(napari_viewer, self.state)
         self._refresh()
 

@@ -206,18 +206,26 @@ def unwrap_viewer(viewer: Any) -> Any:
 
 
 def get_state(viewer: Any) -> StemState:
-    """The one :class:`StemState` of ``viewer`` (created on first use)."""
+    """The one :class:`StemState` of ``viewer`` (created on first use, dropped with the viewer).
+
+    Docks connect bound methods (held weakly by psygnal), so the state never keeps a dock,
+    or its viewer, alive.
+    """
     real = unwrap_viewer(viewer)
     key = id(real)
     entry = _STATES.get(key)
     if entry is not None and entry[0]() is real:
         return entry[1]
-    # drop entries of viewers that are gone (ids can be reused)
-    for k in [k for k, (ref, _) in _STATES.items() if ref() is None]:
-        del _STATES[k]
     state = StemState(real)
     _STATES[key] = (weakref.ref(real), state)
+    weakref.finalize(real, _forget, key, state)
     return state
+
+
+def _forget(key: int, state: StemState) -> None:
+    entry = _STATES.get(key)
+    if entry is not None and entry[1] is state:
+        del _STATES[key]
 
 
 def dataset_layers(viewer: Any) -> list[Any]:

@@ -37,6 +37,17 @@ class ProgressRelay(QObject):
         self.progressed.emit(int(done), int(total))
 
 
+def alive(obj: Any) -> bool:
+    """False once the C++ side of a Qt object is gone (a closed dock), for any Qt binding."""
+    if obj is None or not hasattr(obj, "objectName"):
+        return True
+    try:
+        obj.objectName()
+    except RuntimeError:
+        return False
+    return True
+
+
 def describe(exc: BaseException) -> str:
     text = str(exc).strip()
     return text if text else type(exc).__name__
@@ -62,18 +73,44 @@ def _guarded_gen(gen_fn: Callable[..., Iterator[Any]], what: str) -> Callable[..
     return run
 
 
+def _finish_and_release(worker: Any, on_finished: Callable[[], None] | None, owner: Any,
+                        signals: tuple[str, ...]) -> None:
+    """Run ``on_finished`` when the worker ends, then drop every slot connected here.
+
+    Qt keeps connected slots (and what their closures hold, e.g. a dock) alive as long as the
+    worker's signal object lives; disconnecting lets a closed viewer be freed at once.
+    """
+
+    def finished() -> None:
+        try:
+            if on_finished is not None and alive(owner):
+                on_finished()
+        finally:
+            for name in signals:
+                try:
+                    getattr(worker, name).disconnect()
+                except (TypeError, RuntimeError):
+                    pass
+
+    worker.finished.connect(finished)
+
+
 def start_function(fn: Callable[..., Any], *args: Any, what: str,
                    on_result: Callable[[Any], None],
                    on_failure: Callable[[Failure], None] | None = None,
-                   on_finished: Callable[[], None] | None = None, **kwargs: Any) -> Any:
+                   on_finished: Callable[[], None] | None = None, owner: Any = None,
+                   **kwargs: Any) -> Any:
     """Run ``fn(*args, **kwargs)`` in a worker; ``on_result`` gets its return value on the GUI thread.
 
     Failures are shown with ``show_error`` and passed to ``on_failure``; ``on_finished``
-    runs in every case (use it to re-enable buttons).
+    runs in every case (use it to re-enable buttons). With ``owner`` (a widget), the
+    callbacks are skipped once it has been deleted (its dock closed meanwhile).
     """
     worker = create_worker(_guarded(fn, what), *args, _start_thread=False, **kwargs)
 
     def returned(value: Any) -> None:
+        if not alive(owner):
+            return
         if isinstance(value, Failure):
             show_error(value.message)
             if on_failure is not None:
@@ -82,15 +119,15 @@ def start_function(fn: Callable[..., Any], *args: Any, what: str,
             on_result(value)
 
     worker.returned.connect(returned)
-    if on_finished is not None:
-        worker.finished.connect(on_finished)
+    _finish_and_release(worker, on_finished, owner, ("returned", "finished"))
     worker.start()
     return worker
 
 
 def start_generator(gen_fn: Callable[..., Iterator[Any]], *args: Any, what: str,
                     on_yield: Callable[[Any], None],
-                    on_finished: Callable[[], None] | None = None, **kwargs: Any) -> Any:
+                    on_finished: Callable[[], None] | None = None, owner: Any = None,
+                    **kwargs: Any) -> Any:
     """Run a generator in a worker; each yielded value goes to ``on_yield`` on the GUI thread.
 
     An exception ends the generator with a yielded :class:`Failure` (shown with ``show_error``
@@ -101,11 +138,11 @@ def start_generator(gen_fn: Callable[..., Iterator[Any]], *args: Any, what: str,
     def yielded(value: Any) -> None:
         if isinstance(value, Failure):
             show_error(value.message)
-        on_yield(value)
+        if alive(owner):
+            on_yield(value)
 
     worker.yielded.connect(yielded)
-    if on_finished is not None:
-        worker.finished.connect(on_finished)
+    _finish_and_release(worker, on_finished, owner, ("yielded", "finished"))
     worker.start()
     return worker
 
@@ -118,7 +155,8 @@ class LatestOnly:
     """
 
     def __init__(self, fn: Callable[..., Any], on_result: Callable[[Any, Any], None],
-                 what: str) -> None:
+                 what: str, owner: Any = None) -> None:
+        self._owner = owner
         self._fn = fn
         self._on_result = on_result
         self._what = what
@@ -148,7 +186,7 @@ class LatestOnly:
                 self._on_result(key, value)
 
         self._worker = start_function(self._fn, *args, what=self._what, on_result=result,
-                                      on_finished=self._next, **kwargs)
+                                      on_finished=self._next, owner=self._owner, **kwargs)
 
     def quit(self) -> None:
         self._pending = None
