@@ -60,7 +60,7 @@ class Preview:
     """Embedding maps on a coarse grid: every ``positions_step``-th position along each axis."""
 
     global_step: int
-    embeddings: np.ndarray  # (Ry', Rx', latent_dim) float32
+    embeddings: np.ndarray = field(repr=False)  # (Ry', Rx', latent_dim) float32
     positions_step: int
 
 
@@ -78,8 +78,8 @@ class Finished:
     reason: Literal["completed", "stopped", "early_stopping", "time_budget"]
     checkpoint: str | None
     history: list[dict[str, Any]] = field(default_factory=list)
-    model: Any = None
-    preprocessor: Any = None
+    model: Any = field(default=None, repr=False)
+    preprocessor: Any = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)

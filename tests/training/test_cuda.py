@@ -1,0 +1,46 @@
+"""CUDA code paths (bf16 autocast, channels_last, compile); skipped where no GPU is present.
+Their CPU-side logic (device resolution, precision choice) is tested in test_config.py."""
+
+import numpy as np
+import pytest
+import torch
+
+from napari_4dstem_autoencoder.analysis.embedding import embed_dataset
+from napari_4dstem_autoencoder.training.checkpoints import load_checkpoint
+from napari_4dstem_autoencoder.training.engine import train
+from napari_4dstem_autoencoder.training.events import BatchEnd, Finished, Started
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
+
+
+@pytest.mark.parametrize("compile_step", [False, True])
+def test_bf16_channels_last_training_on_cuda(tiny_dataset, tiny_config, tmp_path, compile_step):
+    path = tmp_path / "cuda.safetensors"
+    config = tiny_config(device="cuda", amp="auto", channels_last="auto", epochs=2,
+                         compile=compile_step, checkpoint_path=str(path), train_subset=8)
+    events = list(train(tiny_dataset(scan_shape=(4, 4)), config))
+    assert isinstance(events[0], Started) and events[0].device.startswith("cuda")
+    done = events[-1]
+    assert isinstance(done, Finished) and done.reason == "completed", done
+    losses = [e.losses["mse"] for e in events if isinstance(e, BatchEnd)]
+    assert all(np.isfinite(losses))
+    assert next(done.model.parameters()).is_cuda
+    loaded = load_checkpoint(path, device="cpu")  # a GPU-trained model loads on the CPU
+    assert not next(loaded.model.parameters()).is_cuda
+
+
+def test_cuda_embedding_matches_cpu(tiny_dataset, tiny_config, trained_run):
+    done = trained_run.events[-1]
+    loaded = load_checkpoint(done.checkpoint)
+    ds = trained_run.dataset
+    cpu = embed_dataset(loaded.model, loaded.preprocessor, ds, device="cpu")
+    gpu32 = embed_dataset(loaded.model, loaded.preprocessor, ds, device="cuda", amp="off",
+                          channels_last=False)
+    scale = max(float(np.abs(cpu).max()), 1e-6)
+    assert float(np.abs(gpu32 - cpu).max()) / scale < 1e-2  # cuDNN may use TF32
+    bf16 = embed_dataset(loaded.model, loaded.preprocessor, ds, device="cuda")
+    assert bf16.dtype == np.float32 and bf16.shape == cpu.shape
+    assert float(np.abs(bf16 - cpu).max()) / scale < 0.1
