@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -172,8 +171,27 @@ def rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1024**2
 
 
+def _status_mb(field: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024  # kB
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def reset_peak_rss() -> None:
+    """Restart the kernel's peak-RSS counter (VmHWM) from the current RSS (Linux >= 4.0)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
 def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+    """Peak resident memory of this process image (VmHWM; unlike ru_maxrss it does not carry
+    the parent's peak across fork/exec)."""
+    return _status_mb("VmHWM")
 
 
 def write_big_scan(path: Path, mem_cap_mb: float, detector: int) -> tuple[int, int]:
@@ -205,6 +223,7 @@ def memory_check(args: argparse.Namespace) -> None:
         prep = Preprocessor.fit(ds, PreprocessConfig(detector_bin=bin_factor), max_patterns=256)
         model = Autoencoder(out_shape=prep.output_shape(ds.detector_shape), config=args.mem_preset)
         before = rss_mb()
+        reset_peak_rss()
         t = time.perf_counter()
         emb = embed_dataset(model, prep, ds, batch_size=args.batch_size * 4, device=device)
         dt = time.perf_counter() - t
