@@ -1,0 +1,253 @@
+"""Each dock on its own, with a model saved from an untrained network (no training needed):
+errors as notifications, projection <-> real space, traversal, composite/clusters/export,
+Data dock preview and virtual detectors, inspector without a model, the demo."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_4dstem_autoencoder._widgets import backend
+from napari_4dstem_autoencoder._widgets.state import get_state
+from napari_4dstem_autoencoder._widgets.workers import Failure
+
+PLUGIN = "napari-4dstem-autoencoder"
+SAMPLE = "stem4d_sample"
+GRID = 6  # the checkpoint's preprocessing crops the 64x64 sample to GRID x GRID positions
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> str:
+    """A real checkpoint (fast preset shape, untrained weights) for the sample's 6x6 corner."""
+    import torch
+
+    from napari_4dstem_autoencoder.io.preprocess import PreprocessConfig, Preprocessor
+    from napari_4dstem_autoencoder.io.sample import make_sample_dataset
+    from napari_4dstem_autoencoder.models.autoencoder import Autoencoder
+    from napari_4dstem_autoencoder.models.config import get_preset
+    from napari_4dstem_autoencoder.training.checkpoints import save_checkpoint
+
+    dataset = make_sample_dataset()
+    prep = Preprocessor.fit(dataset, PreprocessConfig(scan_crop=(0, GRID, 0, GRID), detector_bin=2))
+    torch.manual_seed(0)
+    config = get_preset("seed").replace(name="untrained_fast", pool_schedule="to4",
+                                        decoder_canvas="target")
+    model = Autoencoder(out_shape=(32, 32), config=config).eval()
+    path = tmp_path_factory.mktemp("ckpt") / "untrained.safetensors"
+    save_checkpoint(path, model, prep, input_shape=(32, 32))
+    return str(path)
+
+
+def _viewer_with_model(make_napari_viewer, checkpoint, embeddings: bool = True):
+    """A viewer with the sample, the checkpoint loaded and (fake but shaped) embeddings."""
+    from napari_4dstem_autoencoder.training.checkpoints import load_checkpoint
+
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, SAMPLE)
+    state = get_state(viewer)
+    from napari_4dstem_autoencoder._widgets.canvas import install
+
+    install(viewer)
+    state.set_dataset(viewer.layers[0].metadata["stem4d_dataset"], viewer.layers[0].name)
+    state.set_model(load_checkpoint(checkpoint), checkpoint)
+    if embeddings:
+        rng = np.random.default_rng(0)
+        emb = rng.random((GRID, GRID, 32)).astype(np.float32)
+        emb[..., 5] = np.arange(GRID)[:, None] * 2.0  # one clearly structured channel
+        state.set_embeddings(emb, {"mse": rng.random((GRID, GRID)).astype(np.float32)})
+    return viewer, state
+
+
+def test_bad_checkpoint_is_a_notification_and_the_dock_stays_usable(
+        make_napari_viewer, qtbot, tmp_path, notifications, open_dock, checkpoint):
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, SAMPLE)
+    model = open_dock(viewer, "Model")
+    bad = tmp_path / "not_a_model.safetensors"
+    bad.write_bytes(b"this is not a checkpoint at all" * 10)
+
+    with qtbot.waitSignal(model.load_finished, timeout=30_000) as result:
+        model.load_checkpoint(bad)
+    assert isinstance(result.args[0], Failure)
+    errors = notifications.errors()
+    assert len(errors) == 1 and "not_a_model.safetensors" in errors[0]
+    assert model.load_button.isEnabled()
+    assert get_state(viewer).model is None
+
+    # the same dock then loads a good checkpoint
+    with qtbot.waitSignal(model.load_finished, timeout=30_000) as result:
+        model.load_checkpoint(checkpoint)
+    assert not isinstance(result.args[0], Failure)
+    assert get_state(viewer).model is not None
+    assert "untrained_fast" in model.summary.toPlainText()
+    summary = model.summary.toPlainText()
+    assert "— compatible" in summary and "NOT compatible" not in summary
+    assert model.embed_button.isEnabled()
+
+
+def test_training_errors_are_notifications_and_buttons_come_back(
+        make_napari_viewer, qtbot, notifications, open_dock, fast_preset):
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, SAMPLE)
+    data = open_dock(viewer, "Data")
+    train = open_dock(viewer, "Train")
+    train.preset.setCurrentText(fast_preset)
+    train.device.setCurrentText("cpu")
+
+    train.lambda_act.setText("lots")  # a bad form entry: refused before any worker starts
+    assert train.start() is None
+    assert "λ activity" in notifications.errors()[-1]
+    train.lambda_act.setText("")
+
+    data.detector_bin.setValue(4)  # 16x16 patterns: the engine refuses them (min 32)
+    with qtbot.waitSignal(train.run_finished, timeout=60_000) as result:
+        assert train.start() is not None
+    assert isinstance(result.args[0], Failure)
+    assert "32" in notifications.errors()[-1]
+    qtbot.waitUntil(lambda: not train.running, timeout=10_000)
+    assert train.start_button.isEnabled() and not train.stop_button.isEnabled()
+
+
+def test_projection_lasso_and_probe_are_linked_both_ways(make_napari_viewer, qtbot, checkpoint,
+                                                         open_dock):
+    viewer, state = _viewer_with_model(make_napari_viewer, checkpoint)
+    proj = open_dock(viewer, "Projection")
+    with qtbot.waitSignal(proj.projected, timeout=30_000):
+        proj.project()
+    points = proj.points
+    assert points.shape == (GRID * GRID, 2)
+    np.testing.assert_allclose(points, backend.project(state.embeddings, "pca"), atol=1e-5)
+
+    # a lasso (polygon) around the points right of the median -> those positions
+    xmid = float(np.median(points[:, 0]))
+    lo, hi = points.min(axis=0) - 1, points.max(axis=0) + 1
+    polygon = np.array([[xmid, lo[1]], [hi[0], lo[1]], [hi[0], hi[1]], [xmid, hi[1]]])
+    with qtbot.waitSignal(proj.selection_shown, timeout=30_000):
+        chosen = proj.select_polygon(polygon)
+    expected = np.flatnonzero(points[:, 0] > xmid)
+    np.testing.assert_array_equal(np.sort(chosen), expected)
+    layer = viewer.layers["AE projection selection"]
+    np.testing.assert_array_equal(layer.data.ravel().nonzero()[0], expected)
+    assert tuple(layer.scale) == state.embedding_geometry.scale
+    loaded = state.model
+    raw = loaded.preprocessor.scan_view(state.dataset).patterns(expected)
+    np.testing.assert_allclose(proj.mean_pattern,
+                               loaded.preprocessor.transform_patterns(raw).mean(axis=0), atol=1e-6)
+
+    # selecting a probe position highlights its point
+    state.set_position(4, 1)
+    assert proj.marker_position == pytest.approx(tuple(points[4 * GRID + 1]))
+
+
+def test_traversal_decodes_from_the_probe_and_follows_sliders(make_napari_viewer, qtbot,
+                                                            checkpoint, open_dock):
+    viewer, state = _viewer_with_model(make_napari_viewer, checkpoint)
+    state.set_position(2, 3)
+    trav = open_dock(viewer, "Traversal")
+    qtbot.waitUntil(lambda: trav.decoded_image is not None, timeout=30_000)
+    assert trav.dims[0] == 5  # the most variable channel comes first
+    np.testing.assert_array_equal(trav.z_start, state.embeddings[2, 3])
+    start = backend.decode_latent(state.model, trav.z_start, (32, 32), "cpu")
+    np.testing.assert_allclose(trav.decoded_image, start, atol=1e-6)
+
+    with qtbot.waitSignal(trav.decoded, timeout=30_000):
+        trav.set_dimension(5, 40.0)
+    z = trav.z_start.copy()
+    z[5] = 40.0
+    np.testing.assert_allclose(trav.decoded_image,
+                               backend.decode_latent(state.model, z, (32, 32), "cpu"), atol=1e-6)
+    assert not np.allclose(trav.decoded_image, start)
+
+
+def test_latent_maps_composite_clusters_and_export(make_napari_viewer, qtbot, tmp_path, checkpoint,
+                                                  open_dock):
+    viewer, state = _viewer_with_model(make_napari_viewer, checkpoint)
+    latent = open_dock(viewer, "Latent maps")
+    assert latent.channels()[0] == 5
+    rgb = viewer.layers["AE RGB composite"]
+    assert rgb.rgb and rgb.data.shape == (GRID, GRID, 3)
+    assert np.all(np.diff(rgb.data[:, 0, 0]) >= 0)  # channel 5 grows down the rows
+    assert viewer.layers["AE embeddings"].data.shape == (32, GRID, GRID)
+
+    latent.n_clusters.setValue(3)
+    with qtbot.waitSignal(latent.clustered, timeout=60_000):
+        latent.cluster()
+    clusters = viewer.layers["AE clusters"].data
+    assert clusters.shape == (GRID, GRID) and set(np.unique(clusters)) <= {1, 2, 3}
+    assert latent.class_means.shape == (3, 32, 32)
+
+    from napari_4dstem_autoencoder.analysis.export import read_results
+
+    results = read_results(latent.export(tmp_path / "maps.h5"))
+    np.testing.assert_array_equal(results["embeddings"], state.embeddings)
+    np.testing.assert_array_equal(results["extra"]["cluster_labels"], latent.labels)
+    np.testing.assert_array_equal(results["error"]["mse"], state.error_maps["mse"])
+    assert results["model_config"]["name"] == "untrained_fast"
+    tif = latent.export(tmp_path / "maps.tif")
+    stack = tifffile.imread(tif)
+    np.testing.assert_array_equal(stack, np.moveaxis(state.embeddings, -1, 0))
+
+
+def test_data_dock_preview_and_virtual_detectors(make_napari_viewer, qtbot, open_dock):
+    from napari_4dstem_autoencoder.analysis import virtual
+
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, SAMPLE)
+    data = open_dock(viewer, "Data")
+    state = get_state(viewer)
+    ds = state.dataset
+    with qtbot.waitSignal(data.preview_updated, timeout=30_000):
+        state.set_position(10, 20)
+    np.testing.assert_array_equal(data.preview_raw, ds.pattern(10, 20))
+    assert data.preview_processed.shape == (64, 64)
+    assert 0.0 <= data.preview_processed.min() and data.preview_processed.max() <= 1.0
+
+    with qtbot.waitSignal(data.preview_updated, timeout=30_000):
+        data.detector_bin.setValue(2)
+    assert data.preview_processed.shape == (32, 32)
+    assert "32×32" in data.output_label.text()
+
+    qtbot.waitUntil(lambda: getattr(data, "_beam_centre", None) is not None, timeout=30_000)
+    data.adf_inner.setValue(10)
+    data.adf_outer.setValue(25)
+    worker = data.compute_virtual_images()
+    qtbot.waitUntil(lambda: data._vworker is None, timeout=60_000)
+    assert worker is not None
+    adf = viewer.layers["4D-STEM sample virtual ADF"].data
+    expected = virtual.virtual_annular_dark_field(ds, 10, 25, centre=data._beam_centre)
+    np.testing.assert_allclose(adf, expected, rtol=1e-5)
+    assert data.virtual_button.isEnabled()
+
+
+def test_inspector_without_model_and_arrow_keys(make_napari_viewer, qtbot, open_dock):
+    from napari.utils.key_bindings import coerce_keybinding
+
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, SAMPLE)
+    inspector = open_dock(viewer, "Inspector")
+    state = get_state(viewer)
+    with qtbot.waitSignal(inspector.updated, timeout=10_000):
+        state.set_position(7, 9)
+    np.testing.assert_array_equal(inspector.raw_pattern, state.dataset.pattern(7, 9))
+    assert inspector.recon_image is None and inspector.input_image.max() == pytest.approx(1.0)
+    probe = viewer.layers["probe position"]
+    probe.keymap[coerce_keybinding("Right")](probe)
+    probe.keymap[coerce_keybinding("Up")](probe)
+    assert state.position == (6, 10)
+    np.testing.assert_array_equal(inspector.raw_pattern, state.dataset.pattern(6, 10))
+    state.set_position(-5, 1000)  # clamped to the scan
+    assert state.position == (0, 63)
+
+
+def test_demo_opens_every_dock_and_quits(qtbot):
+    from napari_4dstem_autoencoder._widgets.demo import DOCKS, open_demo, parse_args, run_demo
+
+    viewer, widgets = open_demo(parse_args([]))
+    try:
+        assert set(widgets) == {name for name, _, _ in DOCKS}
+        assert get_state(viewer).dataset is not None
+        assert get_state(viewer).dataset.scan_shape == (64, 64)
+    finally:
+        viewer.close()
+    assert run_demo(["--quit-after", "0.5"]) == 0
