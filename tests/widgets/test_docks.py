@@ -243,9 +243,9 @@ def test_inspector_without_model_and_arrow_keys(make_napari_viewer, qtbot, open_
 def test_demo_opens_every_dock_and_quits(qtbot):
     from napari_4dstem_autoencoder._widgets.demo import DOCKS, open_demo, parse_args, run_demo
 
-    viewer, widgets = open_demo(parse_args([]))
+    viewer, widgets, docks = open_demo(parse_args([]))
     try:
-        assert set(widgets) == {name for name, _, _ in DOCKS}
+        assert set(widgets) == set(docks) == {name for name, _, _ in DOCKS}
         assert get_state(viewer).dataset is not None
         assert get_state(viewer).dataset.scan_shape == (64, 64)
     finally:

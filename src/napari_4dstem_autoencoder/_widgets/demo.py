@@ -31,8 +31,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(list(argv) if argv is not None else None)
 
 
-def open_demo(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
-    """A viewer with data and docks (no event loop); returns (viewer, {name: widget})."""
+def open_demo(args: argparse.Namespace) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """A viewer with data and docks (no event loop).
+
+    Returns (viewer, {name: widget}, {name: QDockWidget}).
+    """
     import napari
 
     from .data_widget import sample_key
@@ -46,16 +49,13 @@ def open_demo(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
             raise RuntimeError("the plugin manifest provides no sample dataset")
         viewer.open_sample(PLUGIN, key)
     widgets: dict[str, Any] = {}
+    docks: dict[str, Any] = {}
     for name, _area, tabify in DOCKS:
-        _dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name, tabify=tabify)
-        widgets[name] = widget
-    # show the first tab of each group
-    for name in ("Data", "Inspector"):
-        dock = viewer.window.dock_widgets.get(f"{name} ({PLUGIN})") if hasattr(
-            viewer.window, "dock_widgets") else None
-        if dock is not None:
-            dock.raise_()
-    return viewer, widgets
+        docks[name], widgets[name] = viewer.window.add_plugin_dock_widget(PLUGIN, name,
+                                                                          tabify=tabify)
+    for name in ("Data", "Inspector"):  # the first tab of each group in front
+        docks[name].raise_()
+    return viewer, widgets, docks
 
 
 def run_demo(argv: Sequence[str] | None = None) -> int:
@@ -64,7 +64,7 @@ def run_demo(argv: Sequence[str] | None = None) -> int:
     import napari
     from qtpy.QtCore import QTimer
 
-    viewer, _widgets = open_demo(args)
+    viewer, _widgets, _docks = open_demo(args)
     if args.quit_after is not None:
         def finish() -> None:
             if args.screenshot:

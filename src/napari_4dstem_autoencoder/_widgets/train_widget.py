@@ -44,7 +44,9 @@ from .jobs import embedding_job, load_model
 from .views import LossPlot
 from .workers import Failure, start_generator
 
-PREVIEW_SECONDS = 2.0
+PREVIEW_SECONDS = 5.0
+#: live maps use at most this many positions (the engine embeds them between batches)
+PREVIEW_MAX_POSITIONS = 1024
 CLOSE_WAIT_S = 60.0
 
 
@@ -188,7 +190,8 @@ class TrainWidget(QWidget):
             lambda_div=_optional_float(self.lambda_div.text(), "λ divergence"),
             train_subset=self.subset.value() or None, seed=self.seed.value(),
             device=self.device.currentText(), max_minutes=self.max_minutes.value() or None,
-            preview_every_seconds=self.preview_seconds, checkpoint_path=self.checkpoint_path)
+            preview_every_seconds=self.preview_seconds,
+            preview_max_positions=PREVIEW_MAX_POSITIONS, checkpoint_path=self.checkpoint_path)
 
     # -- run control -----------------------------------------------------------------------
     @property
