@@ -192,3 +192,18 @@ def test_unknown_model_config_is_incompatible(saved):
 
 def test_checkpoint_error_is_a_value_error():
     assert issubclass(CheckpointError, ValueError)
+
+
+def test_a_header_length_starting_with_0x80_is_not_taken_for_a_pickle(tmp_path):
+    """Regression: safetensors stores the header length little-endian; 128 starts with 0x80."""
+    header = b'{"__metadata__":{"format":"other"}}'.ljust(128, b" ")
+    path = tmp_path / "odd.safetensors"
+    path.write_bytes((128).to_bytes(8, "little") + header)
+    err = _expect(path, "not a napari-4dstem-autoencoder checkpoint")
+    assert "pickle" not in str(err)
+
+
+def test_random_bytes_are_not_a_checkpoint(tmp_path):
+    path = tmp_path / "noise.safetensors"
+    path.write_bytes(bytes(range(7, 250)) * 4)
+    _expect(path, "not a checkpoint|truncated")
