@@ -182,8 +182,11 @@ class DivergenceLoss(nn.Module):
     """Penalise embedding dimensions whose variance over the batch collapses.
 
     ``inverse_variance`` (seed): ``mean(1 / (var + eps))``; ``log_variance``:
-    ``mean(-log(var + eps))``. The variance of a single sample is undefined, so with fewer
-    than two samples the loss is 0 (rather than NaN).
+    ``mean(-log(var + eps))``; ``std_hinge``: ``mean(relu(1 - sqrt(var + eps)))``, which
+    only pushes dimensions whose standard deviation is below 1 and whose gradient is bounded;
+    ``std_hinge_decorrelate`` adds ``sum(offdiag(cov)^2) / (25 D)`` (VICReg's covariance
+    term). The variance of a single sample is undefined, so with fewer than two samples the
+    loss is 0 (rather than NaN).
     """
 
     def __init__(self, eps: float = 1e-8, form: str = "inverse_variance") -> None:
@@ -197,6 +200,15 @@ class DivergenceLoss(nn.Module):
         var = torch.var(z.float(), dim=0)
         if self.form == "log_variance":
             return (-torch.log(var + self.eps)).mean()
+        if self.form in ("std_hinge", "std_hinge_decorrelate"):
+            hinge = F.relu(1.0 - torch.sqrt(var + self.eps)).mean()
+            if self.form == "std_hinge":
+                return hinge
+            zc = z.float() - z.float().mean(dim=0)
+            cov = zc.t() @ zc / (z.size(0) - 1)
+            off = cov - torch.diag(torch.diagonal(cov))
+            # VICReg weighs variance 25 : covariance 1
+            return hinge + off.pow(2).sum() / (25.0 * z.size(1))
         return (1.0 / (var + self.eps)).mean()
 
 
