@@ -35,10 +35,11 @@ def settle(app, seconds: float = 0.3) -> None:
         time.sleep(0.01)
 
 
-def save(viewer, app, name: str, out: Path, max_width: int = 1400) -> Path:
+def save(viewer, app, name: str, out: Path, max_width: int = 1500) -> Path:
     """Screenshot of the whole window, downscaled and palette-quantised to stay small."""
     from PIL import Image
 
+    viewer.reset_view()
     settle(app)
     img = Image.fromarray(np.asarray(viewer.screenshot(canvas_only=False, flash=False))[..., :3])
     if img.width > max_width:
@@ -69,7 +70,7 @@ def main() -> None:
     viewer, w, docks = open_demo(parse_args([]))
     app = napari.qt.get_qapp()
     window = docks["Data"].window()  # the main window: screenshots need a fixed size
-    window.resize(1500, 980)
+    window.resize(1700, 1050)
     window.show()
     state = get_state(viewer)
 

@@ -5,11 +5,9 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
-import numpy as np
 import pytest
 
 PLUGIN = "napari-4dstem-autoencoder"
-SAMPLE = "stem4d_sample"
 FAST_PRESET = "test_fast"
 
 

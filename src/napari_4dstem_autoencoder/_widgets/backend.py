@@ -76,12 +76,17 @@ def save_checkpoint(path: str, loaded: Any) -> None:
 
 def embed_and_score(loaded: Any, dataset: Any, device: str, progress: Progress | None = None,
                     stop: threading.Event | None = None, batch_size: int = 64
-                    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Embeddings (Ry', Rx', 32) and reconstruction-error maps (mse, psnr) of a whole scan."""
+                    ) -> tuple[np.ndarray, dict[str, np.ndarray]] | None:
+    """Embeddings (Ry', Rx', 32) and reconstruction-error maps (mse, psnr) of a whole scan;
+    None when ``stop`` was set (a user's Stop is not an error)."""
+    from ..analysis.embedding import EmbeddingCancelled
     from ..analysis.embedding import embed_and_score as _embed
 
-    result = _embed(loaded.model, loaded.preprocessor, dataset, batch_size=batch_size,
-                    device=resolve_device(device), progress=progress, stop=stop)
+    try:
+        result = _embed(loaded.model, loaded.preprocessor, dataset, batch_size=batch_size,
+                        device=resolve_device(device), progress=progress, stop=stop)
+    except EmbeddingCancelled:
+        return None
     return result.embeddings, {"mse": result.mse, "psnr": result.psnr}
 
 

@@ -144,11 +144,19 @@ def show_embeddings(viewer: Any, state: StemState, embeddings: np.ndarray | None
     geo = state.embedding_geometry or state.model_geometry()
     stack = np.ascontiguousarray(np.moveaxis(np.asarray(embeddings, dtype=np.float32), -1, 0))
     scale = (1.0, geo.scale[0] * positions_step, geo.scale[1] * positions_step)
+    new = EMBEDDINGS_LAYER not in viewer.layers
     layer = upsert_image(viewer, EMBEDDINGS_LAYER, stack, scale=scale,
                          translate=(0.0, *geo.translate), colormap="viridis",
                          contrast_limits=robust_limits(stack),
                          metadata={"positions_step": positions_step})
     layer.metadata["positions_step"] = positions_step
+    if new and viewer.dims.ndim == 3:
+        # open on the most variable channel (dead ReLU channels are flat) and name the axis
+        flat = stack.reshape(stack.shape[0], -1)
+        viewer.dims.set_point(0, int(np.argmax(flat.var(axis=1))))
+        labels = list(viewer.dims.axis_labels)
+        if labels[0] in ("0", "-3"):
+            viewer.dims.axis_labels = ["latent channel", *labels[1:]]
     return layer
 
 

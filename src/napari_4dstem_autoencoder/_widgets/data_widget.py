@@ -121,7 +121,8 @@ class DataWidget(QWidget):
         pform.addRow(self.output_label)
         layout.addWidget(box)
 
-        self.preview = PatternPanels(["raw (log display)", "network input"], height=170)
+        self.preview = PatternPanels(["raw (log display)", "network input"], height=170,
+                                     link=False)  # the two differ in size when binning
         layout.addWidget(self.preview)
 
         # -- virtual detectors --------------------------------------------------------

@@ -66,8 +66,8 @@ class EmbeddingJob:
         self.stop_event = threading.Event()
         loaded, dataset = state.model, state.dataset
 
-        def result(out: tuple) -> None:
-            if state.model is loaded and state.dataset is dataset:
+        def result(out: tuple | None) -> None:
+            if out is not None and state.model is loaded and state.dataset is dataset:
                 state.set_embeddings(*out)
 
         def finished() -> None:

@@ -19,7 +19,7 @@ from psygnal import Signal
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..io.dataset import Dataset4D
-    from ..io.preprocess import PreprocessConfig, Preprocessor
+    from ..io.preprocess import PreprocessConfig
 
 DATASET_KEY = "stem4d_dataset"
 #: layers this plugin creates on the real-space canvas carry this metadata flag

@@ -21,7 +21,7 @@ class PatternPanels(QWidget):
     """Several images side by side, each with a title, sharing zoom and pan."""
 
     def __init__(self, titles: list[str], cmaps: list[str] | None = None,
-                 parent: QWidget | None = None, height: int = 190) -> None:
+                 parent: QWidget | None = None, height: int = 190, link: bool = True) -> None:
         super().__init__(parent)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
@@ -41,12 +41,26 @@ class PatternPanels(QWidget):
             item = pg.ImageItem(axisOrder="row-major")
             item.setColorMap(pg.colormap.get(cmap))
             box.addItem(item)
-            if self.boxes:
+            if self.boxes and link:  # same-size images: zoom and pan together
                 box.setXLink(self.boxes[0])
                 box.setYLink(self.boxes[0])
             self.items.append(item)
             self.boxes.append(box)
             self.labels.append(label)
+
+    def fit(self) -> None:
+        """Fit every panel's view to its image (after a resize or a new image size)."""
+        for box, item in zip(self.boxes, self.items):
+            if item.image is not None:
+                box.autoRange(padding=0.0)
+
+    def resizeEvent(self, event) -> None:  # noqa: N802 (Qt API)
+        super().resizeEvent(event)
+        self.fit()
+
+    def showEvent(self, event) -> None:  # noqa: N802 (Qt API)
+        super().showEvent(event)
+        self.fit()
 
     def set_title(self, index: int, text: str) -> None:
         self.labels[index].setText(text, size="9pt")
