@@ -12,7 +12,8 @@ import torch
 from napari_4dstem_autoencoder.analysis.embedding import (EmbeddingCancelled, embed_and_score,
                                                           embed_dataset, reconstruct,
                                                           reconstruction_error_maps,
-                                                          safe_batch_size, scan_tiles)
+                                                          safe_batch_size, scan_blocks,
+                                                          scan_tiles)
 from napari_4dstem_autoencoder.analysis.export import export_hdf5, export_tiff, read_results
 from napari_4dstem_autoencoder.io.dataset import Dataset4D
 from napari_4dstem_autoencoder.io.preprocess import PreprocessConfig, Preprocessor
@@ -59,6 +60,19 @@ def test_tiles_cover_the_scan_once_and_never_exceed_the_batch():
         assert (seen == 1).all()
 
 
+def test_blocks_follow_the_dask_chunks_and_split_only_oversized_ones():
+    data = da.zeros((6, 8, 4, 4), dtype=np.uint16, chunks=(2, 8, 4, 4))  # 512 B per chunk
+    blocks = list(scan_blocks(data, batch_size=4, max_block_bytes=10_000))
+    assert blocks == [(slice(0, 2), slice(0, 8)), (slice(2, 4), slice(0, 8)),
+                      (slice(4, 6), slice(0, 8))]
+    small = list(scan_blocks(data, batch_size=4, max_block_bytes=100))
+    seen = np.zeros((6, 8), int)
+    for rows, cols in small:
+        assert (rows.stop - rows.start) * (cols.stop - cols.start) <= 4
+        seen[rows, cols] += 1
+    assert (seen == 1).all()
+
+
 def test_batches_stay_under_the_cuda_element_limit():
     assert safe_batch_size(1024, (256, 256)) * 128 * 256 * 256 < 2**31
     assert safe_batch_size(1024, (64, 64), canvas="fixed256") == safe_batch_size(1024, (256, 256))
@@ -96,7 +110,7 @@ def test_stop_cancels(setup):
 
 
 def test_streams_from_an_hdf5_file_in_bounded_batches(setup, data, tmp_path):
-    """Reads go tile by tile: no read asks for more patterns than the batch."""
+    """Each chunk is read once (not once per batch), and no read is larger than a chunk."""
     model, prep, _ = setup
     path = tmp_path / "scan.h5"
     with h5py.File(path, "w") as f:
@@ -114,7 +128,7 @@ def test_streams_from_an_hdf5_file_in_bounded_batches(setup, data, tmp_path):
 
     with h5py.File(path, "r") as f:
         ds = Dataset4D(da.from_array(Counting(f["data"]), chunks=(1, 5, 32, 32)))
-        emb = embed_dataset(model, prep, ds, batch_size=5)
+        emb = embed_dataset(model, prep, ds, batch_size=2)
     np.testing.assert_allclose(emb, embed_dataset(model, prep, setup[2], batch_size=5), atol=1e-5)
     assert max(reads) <= 5 and sum(reads) == 15
 

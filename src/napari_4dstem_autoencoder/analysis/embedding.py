@@ -1,16 +1,16 @@
 """Embed whole scans, reconstruct patterns and score reconstructions, in bounded memory.
 
-Scans are read tile by tile from the lazy dataset (whole scan rows when they fit in a batch,
-else pieces of one row), preprocessed, and pushed through the encoder (and the decoder when
-scoring). The next tile is read on a background thread while the current one computes, so
-I/O overlaps compute; at most two tiles are in memory whatever the scan size.
+Scans are read one dask chunk at a time on a reader thread (each chunk read once), cut into
+batches, preprocessed and queued; the caller's thread pushes the batches through the encoder
+(and the decoder when scoring). Reading overlaps compute, and memory is bounded by one chunk
+plus a few batches whatever the scan size.
 """
 
 from __future__ import annotations
 
+import queue
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -75,6 +75,50 @@ def _prepare(model: Autoencoder, device: str | torch.device, amp: str,
     return dev, precision
 
 
+def scan_blocks(data, batch_size: int, max_block_bytes: int) -> Iterator[tuple[slice, slice]]:
+    """Scan regions to read one at a time: the dask array's own scan chunks (each read once,
+    never re-read per batch), split into batch-sized tiles when a chunk exceeds
+    ``max_block_bytes``."""
+    qy, qx = data.shape[-2:]
+    itemsize = np.dtype(data.dtype).itemsize
+    rows = np.cumsum((0, *data.chunks[0]))
+    cols = np.cumsum((0, *data.chunks[1]))
+    for r0, r1 in zip(rows[:-1], rows[1:]):
+        for c0, c1 in zip(cols[:-1], cols[1:]):
+            if (r1 - r0) * (c1 - c0) * qy * qx * itemsize <= max_block_bytes:
+                yield slice(int(r0), int(r1)), slice(int(c0), int(c1))
+                continue
+            for rs, cs in scan_tiles((int(r1 - r0), int(c1 - c0)), batch_size):
+                yield (slice(int(r0) + rs.start, int(r0) + rs.stop),
+                       slice(int(c0) + cs.start, int(c0) + cs.stop))
+
+
+_DONE = object()
+
+
+def _produce(view: Dataset4D, preprocessor: Preprocessor, blocks: list[tuple[slice, slice]],
+             batch: int, out: queue.Queue, cancel: threading.Event) -> None:
+    """Reader thread: read each block once, preprocess it batch by batch into ``out``."""
+    try:
+        for block in blocks:
+            raw = np.asarray(view.data[block].compute())
+            flat = raw.reshape(-1, *raw.shape[-2:])
+            for start in range(0, len(flat), batch):
+                x = preprocessor.transform_patterns(flat[start:start + batch])
+                while not cancel.is_set():
+                    try:
+                        out.put((block, start, x), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if cancel.is_set():
+                    return
+            del raw, flat
+        out.put(_DONE)
+    except BaseException as exc:  # handed to the consumer, which re-raises it
+        out.put(exc)
+
+
 def embed_and_score(
     model: Autoencoder,
     preprocessor: Preprocessor,
@@ -87,12 +131,17 @@ def embed_and_score(
     score: bool = True,
     amp: str = "auto",
     channels_last: bool | str = "auto",
+    max_block_bytes: int = 256 * 2**20,
+    queue_batches: int = 4,
 ) -> EmbeddingResult:
     """Embeddings of every position and, with ``score``, per-position MSE and PSNR.
 
     One encoder pass per pattern; scoring adds one decoder pass. The model is moved to
-    ``device`` and put in eval mode. ``progress(done, total)`` is called after each tile;
-    setting ``stop`` raises :class:`EmbeddingCancelled` between tiles.
+    ``device`` and put in eval mode. A reader thread reads the scan one dask chunk at a time
+    (at most ``max_block_bytes``) and preprocesses it into a queue of ``queue_batches``
+    batches, so memory is bounded by one chunk plus a few batches whatever the scan size,
+    and reading overlaps compute. ``progress(done, total)`` is called after each batch;
+    setting ``stop`` raises :class:`EmbeddingCancelled` between batches.
     """
     view = preprocessor.scan_view(dataset)
     ry, rx = view.scan_shape
@@ -101,35 +150,41 @@ def embed_and_score(
     batch = safe_batch_size(batch_size, input_shape, model.config.decoder_canvas)
     emb = np.zeros((ry, rx, model.config.latent_dim), dtype=np.float32)
     mse = np.zeros((ry, rx), dtype=np.float32) if score else None
-    tiles = list(scan_tiles((ry, rx), batch))
+    blocks = list(scan_blocks(view.data, batch, max_block_bytes))
     total, done = ry * rx, 0
-
-    def read(tile: tuple[slice, slice]) -> np.ndarray:
-        raw = np.asarray(view.data[tile].compute())
-        flat = raw.reshape(-1, *raw.shape[-2:])
-        return preprocessor.transform_patterns(flat)
-
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed-read") as pool:
-        pending = pool.submit(read, tiles[0]) if tiles else None
-        for i, tile in enumerate(tiles):
+    batches: queue.Queue = queue.Queue(maxsize=max(1, queue_batches))
+    cancel = threading.Event()
+    reader = threading.Thread(target=_produce, name="embed-reader", daemon=True,
+                              args=(view, preprocessor, blocks, batch, batches, cancel))
+    reader.start()
+    try:
+        while True:
             if stop is not None and stop.is_set():
-                pending.cancel()
                 raise EmbeddingCancelled("embedding stopped")
-            x_np = pending.result()
-            pending = pool.submit(read, tiles[i + 1]) if i + 1 < len(tiles) else None
+            item = batches.get()
+            if item is _DONE:
+                break
+            if isinstance(item, BaseException):
+                raise item
+            (rows, cols), start, x_np = item
             x = precision.prepare_input(torch.from_numpy(x_np).unsqueeze(1).to(dev))
             with torch.inference_mode(), precision.autocast():
                 z = model.embed(x)
                 if score:
                     x_hat = model.decode(z, tuple(x.shape[-2:]))
-            shape = (tile[0].stop - tile[0].start, tile[1].stop - tile[1].start)
-            emb[tile] = z.float().cpu().numpy().reshape(*shape, -1)
+            # flat positions of this batch inside its block -> scan coordinates
+            width = cols.stop - cols.start
+            k = np.arange(start, start + len(x_np))
+            yy, xx = rows.start + k // width, cols.start + k % width
+            emb[yy, xx] = z.float().cpu().numpy()
             if score:
-                err = (x_hat.float() - x.float()).pow(2).mean(dim=(1, 2, 3))
-                mse[tile] = err.cpu().numpy().reshape(shape)
-            done += shape[0] * shape[1]
+                mse[yy, xx] = (x_hat.float() - x.float()).pow(2).mean(dim=(1, 2, 3)).cpu().numpy()
+            done += len(x_np)
             if progress is not None:
                 progress(done, total)
+    finally:
+        cancel.set()
+        reader.join(timeout=30)
     if not score:
         return EmbeddingResult(embeddings=emb)
     psnr = (10.0 * np.log10(1.0 / np.maximum(mse, _PSNR_FLOOR_MSE))).astype(np.float32)
@@ -194,4 +249,5 @@ def reconstruct(
 
 
 __all__ = ["EmbeddingCancelled", "EmbeddingResult", "embed_and_score", "embed_dataset",
-           "reconstruct", "reconstruction_error_maps", "safe_batch_size", "scan_tiles"]
+           "reconstruct", "reconstruction_error_maps", "safe_batch_size", "scan_blocks",
+           "scan_tiles"]
