@@ -44,7 +44,7 @@ def save(viewer, app, name: str, out: Path, max_width: int = 1500) -> Path:
     img = Image.fromarray(np.asarray(viewer.screenshot(canvas_only=False, flash=False))[..., :3])
     if img.width > max_width:
         img = img.resize((max_width, round(img.height * max_width / img.width)), Image.LANCZOS)
-    img = img.quantize(colors=192, method=Image.Quantize.MEDIANCUT)
+    img = img.quantize(colors=256, method=Image.Quantize.FASTOCTREE)
     path = out / f"{name}.png"
     img.save(path, optimize=True)
     print(f"{path}  {path.stat().st_size / 1024:.0f} KB")
@@ -106,7 +106,6 @@ def main() -> None:
          and sum(isinstance(e, ev.EpochEnd) for e in seen) >= max(1, args.epochs // 2),
          1800, "training half way")
     viewer.layers.selection.active = viewer.layers["AE embeddings"]
-    viewer.dims.set_point(0, 0)
     save(viewer, app, "02_training", args.out)
     wait(app, lambda: not train.running, 3600, "training to finish")
     wait(app, lambda: state.embeddings is not None and state.error_maps is not None, 3600,

@@ -129,9 +129,11 @@ class LossPlot(pg.PlotWidget):
             if name not in self._y:
                 self._y[name] = np.full(self._x.size, np.nan)
                 colour = self.COLOURS[len(self._curves) % len(self.COLOURS)]
-                self._curves[name] = self.plot(name=name, pen=pg.mkPen(colour, width=1.5))
-            # log axis: zero (e.g. an inactive contrastive term) is drawn at a floor, not lost
-            self._y[name][self._n] = max(float(value), 1e-12)
+                self._curves[name] = self.plot(name=name, pen=pg.mkPen(colour, width=1.5),
+                                               connect="finite")
+            # log axis: a zero (e.g. a contrastive term that never fires) is left undrawn
+            value = float(value)
+            self._y[name][self._n] = value if value > 0 else np.nan
         self._n += 1
         for name, curve in self._curves.items():
             curve.setData(self._x[: self._n], self._y[name][: self._n])
