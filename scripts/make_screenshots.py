@@ -54,9 +54,9 @@ def save(viewer, app, name: str, out: Path, max_width: int = 1500) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=OUT)
-    parser.add_argument("--preset", default="fast")
-    parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--subset", type=int, default=128)
+    parser.add_argument("--preset", default=None, help="default: the package's DEFAULT_PRESET")
+    parser.add_argument("--minutes", type=float, default=6.0, help="training time budget")
+    parser.add_argument("--subset", type=int, default=512)
     parser.add_argument("--scan-bin", type=int, default=4)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -92,8 +92,11 @@ def main() -> None:
 
     # 2. training with live losses and maps
     train = w["Train"]
-    train.preset.setCurrentText(args.preset)
-    train.epochs.setValue(args.epochs)
+    from napari_4dstem_autoencoder.models.config import DEFAULT_PRESET
+
+    train.preset.setCurrentText(args.preset or DEFAULT_PRESET)
+    train.epochs.setValue(1000)
+    train.max_minutes.setValue(args.minutes)
     train.batch_size.setValue(16)
     train.subset.setValue(args.subset)
     train.device.setCurrentText("cpu")
@@ -102,9 +105,9 @@ def main() -> None:
     seen: list = []
     train.event_handled.connect(lambda e: seen.append(e))
     train.start()
+    t_start = time.monotonic()
     wait(app, lambda: sum(isinstance(e, ev.Preview) for e in seen) >= 2
-         and sum(isinstance(e, ev.EpochEnd) for e in seen) >= max(1, args.epochs // 2),
-         1800, "training half way")
+         and time.monotonic() - t_start > args.minutes * 30, 1800, "training half way")
     viewer.layers.selection.active = viewer.layers["AE embeddings"]
     save(viewer, app, "02_training", args.out)
     wait(app, lambda: not train.running, 3600, "training to finish")
@@ -137,7 +140,7 @@ def main() -> None:
 
     # 5. projection with a lasso-like selection of one end of the cloud
     proj = w["Projection"]
-    show("Projection")
+    show("Projection", "Latent maps")
     proj.project()
     wait(app, lambda: proj.points is not None, 120, "the projection")
     pts = proj.points

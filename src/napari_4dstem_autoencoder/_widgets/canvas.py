@@ -147,7 +147,6 @@ def show_embeddings(viewer: Any, state: StemState, embeddings: np.ndarray | None
     new = EMBEDDINGS_LAYER not in viewer.layers
     layer = upsert_image(viewer, EMBEDDINGS_LAYER, stack, scale=scale,
                          translate=(0.0, *geo.translate), colormap="viridis",
-                         contrast_limits=robust_limits(stack),
                          metadata={"positions_step": positions_step})
     layer.metadata["positions_step"] = positions_step
     if new and viewer.dims.ndim == 3:
@@ -157,7 +156,20 @@ def show_embeddings(viewer: Any, state: StemState, embeddings: np.ndarray | None
         labels = list(viewer.dims.axis_labels)
         if labels[0] in ("0", "-3"):
             viewer.dims.axis_labels = ["latent channel", *labels[1:]]
+    _channel_contrast(state)
     return layer
+
+
+def _channel_contrast(state: StemState) -> None:
+    """Contrast of the embedding stack follows the channel shown (channels differ in range)."""
+    viewer = state.viewer
+    if viewer is None or EMBEDDINGS_LAYER not in viewer.layers or viewer.dims.ndim != 3:
+        return
+    layer = viewer.layers[EMBEDDINGS_LAYER]
+    if layer.ndim != 3:
+        return
+    channel = int(np.clip(round(viewer.dims.point[0]), 0, layer.data.shape[0] - 1))
+    layer.contrast_limits = robust_limits(layer.data[channel])
 
 
 def show_error_map(viewer: Any, state: StemState, maps: dict[str, np.ndarray] | None) -> Any:
@@ -188,8 +200,13 @@ def install(viewer: Any) -> StemState:
         layer = event.value
         if layer.metadata.get(DATASET_KEY) is not None or layer.metadata.get(REALSPACE_KEY):
             bind_arrow_keys(layer, state)
+        layers = event.source
+        if layer.name != PROBE_LAYER and PROBE_LAYER in layers:
+            # keep the probe marker above every map so it stays visible
+            layers.move(layers.index(PROBE_LAYER), len(layers))
 
     viewer.layers.events.inserted.connect(inserted)
+    viewer.dims.events.point.connect(lambda *_: _channel_contrast(state))
     for layer in viewer.layers:
         if layer.metadata.get(DATASET_KEY) is not None:
             bind_arrow_keys(layer, state)

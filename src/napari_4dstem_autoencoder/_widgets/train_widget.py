@@ -91,6 +91,7 @@ class TrainWidget(QWidget):
         self._run_dir = Path(tempfile.mkdtemp(prefix="stem4d-train-"))
         self._t0 = 0.0
         self._total_steps = 0
+        self._budget_s: float | None = None
         self._steps_done = 0
         self._filter_target: weakref.ref | None = None
         self._stop_holder: dict[str, threading.Event | None] = {"stop": None}
@@ -272,6 +273,8 @@ class TrainWidget(QWidget):
             self.run_finished.emit(event)
         elif isinstance(event, ev.Started):
             self._total_steps = (event.epochs - event.start_epoch) * event.steps_per_epoch
+            self._budget_s = (event.config.max_minutes * 60 if event.config.max_minutes
+                              else None)
             self._steps_done = 0
             self._t0 = time.monotonic()
             self.epoch_bar.setMaximum(event.epochs)
@@ -289,6 +292,8 @@ class TrainWidget(QWidget):
             elapsed = time.monotonic() - self._t0
             remaining = self._total_steps - self._steps_done
             eta = elapsed / self._steps_done * remaining if self._steps_done else None
+            if self._budget_s is not None:  # a time budget ends the run first
+                eta = min(eta if eta is not None else float("inf"), self._budget_s - elapsed)
             self.status_label.setText(
                 f"epoch {event.epoch + 1}, batch {event.step + 1}/{event.steps_per_epoch} — "
                 f"loss {event.losses.get('total', float('nan')):.4g} — "

@@ -7,7 +7,7 @@ import pyqtgraph as pg
 from qtpy.QtWidgets import QSizePolicy, QVBoxLayout, QWidget
 
 PATTERN_CMAP = "inferno"
-DIFF_CMAP = "CET-D1"  # diverging, for reconstruction minus input
+DIFF_CMAP = "CET-D4"  # diverging blue-black-red (dark at zero, like the pattern panels)
 
 
 def log_display(pattern: np.ndarray) -> np.ndarray:
