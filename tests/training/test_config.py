@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from napari_4dstem_autoencoder.io.preprocess import PreprocessConfig
-from napari_4dstem_autoencoder.models.config import ModelConfig
+from napari_4dstem_autoencoder.models.config import DEFAULT_PRESET, ModelConfig
 from napari_4dstem_autoencoder.training.config import TrainConfig
 from napari_4dstem_autoencoder.training.device import choose_precision, resolve_device
 
@@ -21,7 +21,8 @@ def test_config_json_round_trip_keeps_every_field():
 
 
 def test_lambdas_default_to_the_model_and_can_be_overridden():
-    cfg = TrainConfig(lambda_div=0.0)
+    assert TrainConfig().preset == DEFAULT_PRESET  # the measured default, not the seed
+    cfg = TrainConfig(preset="seed", lambda_div=0.0)
     assert cfg.lambdas() == {"lambda_act": 1e-4, "lambda_sim": 5e-5, "lambda_div": 0.0}
 
 

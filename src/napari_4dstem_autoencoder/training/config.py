@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..io.preprocess import PreprocessConfig
-from ..models.config import ModelConfig, get_preset
+from ..models.config import DEFAULT_PRESET, ModelConfig, get_preset
 
 AmpMode = Literal["auto", "bf16", "off"]
 LrSchedule = Literal["cosine", "plateau", "constant"]
@@ -56,7 +56,7 @@ class TrainConfig:
     ``checkpoint_every_epochs`` epochs, on stop and at the end.
     """
 
-    preset: str = "seed"
+    preset: str = DEFAULT_PRESET
     model: ModelConfig | None = None
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     epochs: int = 10
