@@ -189,7 +189,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             channels_last={"auto": "auto", "on": True, "off": False}[args.channels_last],
             compile=args.compile, lr_schedule=args.lr_schedule,
             early_stopping_patience=args.early_stopping, max_minutes=args.max_minutes,
-            preview_every_seconds=None, checkpoint_path=str(out),
+            preview_every_seconds=None, preview_max_positions=0, checkpoint_path=str(out),
             checkpoint_every_epochs=args.checkpoint_every, num_workers=args.num_workers)
     except ValueError as exc:
         raise CliError(str(exc)) from None

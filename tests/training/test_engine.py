@@ -120,9 +120,10 @@ def test_resume_counts_epochs_on(trained_run, tmp_path):
     first = trained_run.events[-1]
     out = tmp_path / "resumed.safetensors"
     config = trained_run.config.replace(epochs=2, checkpoint_path=str(out),
-                                        preview_every_steps=None)
+                                        preview_every_steps=None, preview_max_positions=0)
     events = list(train(trained_run.dataset, config, resume_from=first.checkpoint))
     started, done = events[0], events[-1]
+    assert of(events, Preview) == []  # previews off (as the CLI runs)
     assert started.start_epoch == 1
     assert [e.epoch for e in of(events, EpochEnd)] == [1]
     assert of(events, BatchEnd)[0].global_step == 3  # continues after the first run's 2 steps

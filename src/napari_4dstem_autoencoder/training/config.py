@@ -50,7 +50,8 @@ class TrainConfig:
 
     Previews: an embedding map on a coarse grid of at most ``preview_max_positions`` positions
     is produced every ``preview_every_steps`` optimiser steps and/or every
-    ``preview_every_seconds`` seconds (None disables that trigger), and always at the end.
+    ``preview_every_seconds`` seconds (None disables that trigger), and always at the end;
+    ``preview_max_positions=0`` turns previews off entirely (headless runs).
 
     Checkpoints: written atomically to ``checkpoint_path`` (when set) every
     ``checkpoint_every_epochs`` epochs, on stop and at the end.
@@ -115,7 +116,7 @@ class TrainConfig:
              "preview_every_steps must be >= 1"),
             (self.preview_every_seconds is None or self.preview_every_seconds > 0,
              "preview_every_seconds must be positive"),
-            (self.preview_max_positions >= 1, "preview_max_positions must be >= 1"),
+            (self.preview_max_positions >= 0, "preview_max_positions must be >= 0"),
             (self.checkpoint_every_epochs >= 1, "checkpoint_every_epochs must be >= 1"),
             (self.num_workers >= 0, "num_workers must be >= 0"),
             (self.cache_max_mb >= 0, "cache_max_mb must be >= 0"),

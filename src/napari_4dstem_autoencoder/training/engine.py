@@ -235,7 +235,7 @@ def train(
 
     # -- preview grid (rank 0 only; small and kept in memory) --------------------------
     preview_x = None
-    if ctx.is_main:
+    if ctx.is_main and config.preview_max_positions > 0:
         max_positions = max(1, min(config.preview_max_positions, _PREVIEW_MAX_BYTES // per_pattern))
         p_step, p_flat, p_shape = preview_grid(view.scan_shape, max_positions)
         preview_x = CachedPatterns.load(view, preprocessor, p_flat).data
@@ -320,7 +320,7 @@ def train(
                                steps_per_epoch=steps_per_epoch,
                                losses={k: float(v) for k, v in zip(LOSS_KEYS, values.tolist())},
                                patterns_per_second=rate)
-                if ctx.is_main and (
+                if preview_x is not None and (
                         (config.preview_every_steps and global_step % config.preview_every_steps == 0)
                         or (config.preview_every_seconds
                             and time.monotonic() - last_preview_time >= config.preview_every_seconds)):
@@ -375,7 +375,7 @@ def train(
 
     # -- wrap up: a consistent state, a final preview and checkpoint ---------------------
     ddp.broadcast_buffers(model, ctx)
-    if ctx.is_main and global_step > 0:
+    if preview_x is not None and global_step > 0:
         yield make_preview()
     saved = write_checkpoint(epoch)  # completed epochs (a stopped epoch is redone on resume)
     if saved is not None:
