@@ -53,8 +53,17 @@ def open_demo(args: argparse.Namespace) -> tuple[Any, dict[str, Any], dict[str, 
     for name, _area, tabify in DOCKS:
         docks[name], widgets[name] = viewer.window.add_plugin_dock_widget(PLUGIN, name,
                                                                           tabify=tabify)
-    for name in ("Data", "Inspector"):  # the first tab of each group in front
-        docks[name].raise_()
+    # Room for the canvas next to the docks; the tabs are raised once the window is shown
+    # (raising a tab of a dock area that is not laid out yet has no effect).
+    viewer.window._qt_window.resize(1600, 1000)
+    from qtpy.QtCore import QTimer
+
+    def raise_first_tabs() -> None:
+        for name in ("Data", "Inspector"):  # the first tab of each group in front
+            docks[name].raise_()
+
+    raise_first_tabs()
+    QTimer.singleShot(0, raise_first_tabs)
     return viewer, widgets, docks
 
 
