@@ -251,3 +251,18 @@ def test_demo_opens_every_dock_and_quits(qtbot):
     finally:
         viewer.close()
     assert run_demo(["--quit-after", "0.5"]) == 0
+
+
+def test_embeddings_layer_moves_off_a_channel_that_went_flat(make_napari_viewer, checkpoint):
+    """Live previews: a channel that dies during training is replaced by the most variable one."""
+    viewer, state = _viewer_with_model(make_napari_viewer, checkpoint)
+    assert round(viewer.dims.point[0]) == 5  # opened on the structured channel
+    rng = np.random.default_rng(1)
+    emb = rng.random((GRID, GRID, 32)).astype(np.float32) * 1e-4
+    emb[..., 5] = 0.0  # the channel on screen died
+    emb[..., 17] = np.arange(GRID)[None, :] * 3.0
+    state.set_embeddings(emb, None)
+    assert round(viewer.dims.point[0]) == 17
+    emb[..., 5] = np.arange(GRID)[:, None] * 1.0  # on screen and alive: the choice is kept
+    state.set_embeddings(emb, None)
+    assert round(viewer.dims.point[0]) == 17

@@ -149,10 +149,14 @@ def show_embeddings(viewer: Any, state: StemState, embeddings: np.ndarray | None
                          translate=(0.0, *geo.translate), colormap="viridis",
                          metadata={"positions_step": positions_step})
     layer.metadata["positions_step"] = positions_step
+    if viewer.dims.ndim == 3:
+        # Show the most variable channel when the layer opens, and move to it again when the
+        # channel on screen has gone flat (a ReLU unit that died during training shows nothing).
+        var = stack.reshape(stack.shape[0], -1).var(axis=1)
+        shown = int(np.clip(round(viewer.dims.point[0]), 0, stack.shape[0] - 1))
+        if new or var[shown] < 0.01 * var.max():
+            viewer.dims.set_point(0, int(np.argmax(var)))
     if new and viewer.dims.ndim == 3:
-        # open on the most variable channel (dead ReLU channels are flat) and name the axis
-        flat = stack.reshape(stack.shape[0], -1)
-        viewer.dims.set_point(0, int(np.argmax(flat.var(axis=1))))
         labels = list(viewer.dims.axis_labels)
         if labels[0] in ("0", "-3"):
             viewer.dims.axis_labels = ["latent channel", *labels[1:]]
