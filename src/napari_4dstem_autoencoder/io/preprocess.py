@@ -20,6 +20,7 @@ import dask.array as da
 import numpy as np
 from scipy import ndimage
 
+from .._fields import checked_fields
 from .dataset import Calibration, Dataset4D
 
 Scaling = Literal["log", "sqrt", "none"]
@@ -58,11 +59,7 @@ class PreprocessConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "PreprocessConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown preprocessing fields: {sorted(unknown)}")
-        kwargs = dict(data)
+        kwargs = checked_fields(cls, data, "preprocessing")
         for name in ("scan_crop", "detector_crop"):
             if kwargs.get(name) is not None:
                 kwargs[name] = tuple(kwargs[name])

@@ -11,6 +11,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from .._fields import checked_fields
+
 PoolSchedule = Literal["quarter", "to4"]
 DecoderCanvas = Literal["fixed256", "target"]
 DivergenceForm = Literal["inverse_variance", "log_variance", "std_hinge", "std_hinge_decorrelate"]
@@ -72,13 +74,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
-        if not isinstance(data, dict):
-            raise ValueError("model config must be a mapping")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown model config fields: {sorted(unknown)}")
-        return cls(**data)
+        return cls(**checked_fields(cls, data, "model config"))
 
     def replace(self, **changes: Any) -> "ModelConfig":
         return dataclasses.replace(self, **changes)

@@ -11,6 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from .._fields import checked_fields
 from ..io.preprocess import PreprocessConfig
 from ..models.config import DEFAULT_PRESET, ModelConfig, get_preset
 
@@ -156,13 +157,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
-        if not isinstance(data, dict):
-            raise ValueError("a training config must be a mapping")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown training config fields: {sorted(unknown)}")
-        kwargs = dict(data)
+        kwargs = checked_fields(cls, data, "training config")
         if kwargs.get("model") is not None:
             kwargs["model"] = ModelConfig.from_dict(kwargs["model"])
         if kwargs.get("preprocess") is not None:
