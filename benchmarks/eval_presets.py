@@ -154,6 +154,13 @@ def run_model(model: torch.nn.Module, x: np.ndarray, device: torch.device,
     return np.concatenate(zs), np.concatenate(recon), rate
 
 
+def engine_recalibrate(gen):
+    """The engine's own BN recalibration (``recalibrate`` in the paused generator), or None."""
+    frame = getattr(gen, "gi_frame", None)
+    fn = frame.f_locals.get("recalibrate") if frame is not None else None
+    return fn if callable(fn) else None
+
+
 def engine_model(gen) -> torch.nn.Module | None:
     """The model the (suspended) engine generator is training, to score it mid-run.
 
@@ -230,6 +237,11 @@ def train_and_score(task: Task, preset: str, seed: int, budgets: list[float], ar
             if model is None:
                 raise SystemExit("cannot reach the engine's model mid-run; use one budget per run")
             device = next(model.parameters()).device
+            recalibrate = engine_recalibrate(gen)
+            if recalibrate is not None:  # part of training (the engine does it too): timed
+                t0 = time.perf_counter()
+                recalibrate()
+                engine_time += time.perf_counter() - t0
             scores = evaluate(task, x, model, device, seed, recon_idx)
             rows.append(make_row(task, preset, seed, marks[0], args, engine_time, seen, rates,
                                  last_losses, scores, baseline, x, device))
@@ -309,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--lr", type=float, default=TrainConfig.lr)
     ap.add_argument("--detector-bin", type=int, default=1)
     ap.add_argument("--sample-scan", type=int, default=32, help="sample scan side (positions)")
     ap.add_argument("--recon-patterns", type=int, default=256,

@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--preset", default=None, help="model preset (default: the package default)")
     m.add_argument("--epochs", type=int, default=10, help="total epochs (default 10)")
     m.add_argument("--batch-size", type=int, default=32, help="patterns per step (default 32)")
-    m.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    m.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (default 1e-4, as TrainConfig)")
     m.add_argument("--lr-schedule", choices=["cosine", "plateau", "constant"], default="cosine")
     m.add_argument("--lambda-act", type=float, help="weight of the L1 activity term")
     m.add_argument("--lambda-sim", type=float, help="weight of the contrastive term")

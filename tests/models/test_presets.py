@@ -75,7 +75,7 @@ def test_std_hinge_divergence_is_bounded_and_zero_for_spread_dimensions():
 def test_non_seed_presets_keep_the_loss_on_the_scale_of_the_mse():
     torch.manual_seed(0)
     x = torch.rand(4, 1, 32, 32)
-    for name in ("stable", "contrast", "decorrelated"):
+    for name in ("stable", "contrast", "decorrelated", "prior"):
         model = Autoencoder(out_shape=(32, 32), config=name)
         x_hat, z = model.encode_decode(x)
         losses = model.compute_loss(x, x_hat, z)

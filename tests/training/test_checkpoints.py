@@ -207,3 +207,16 @@ def test_random_bytes_are_not_a_checkpoint(tmp_path):
     path = tmp_path / "noise.safetensors"
     path.write_bytes(bytes(range(7, 250)) * 4)
     _expect(path, "not a checkpoint|truncated")
+
+
+def test_the_output_prior_travels_with_the_weights(tmp_path, tiny_dataset, tiny_config):
+    from napari_4dstem_autoencoder.models.config import get_preset
+
+    model = Autoencoder(out_shape=(32, 32), config="prior")
+    model.set_output_prior(torch.linspace(0.01, 0.9, 32 * 32).reshape(32, 32))
+    prep = Preprocessor.fit(tiny_dataset(), PreprocessConfig())
+    path = tmp_path / "prior.safetensors"
+    save_checkpoint(path, model, prep, tiny_config(model=get_preset("prior")), [], epoch=1)
+    loaded = load_checkpoint(path)
+    assert loaded.model.config.output_prior == "mean_pattern"
+    assert torch.equal(loaded.model.decoder.prior_logit, model.decoder.prior_logit)

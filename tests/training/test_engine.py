@@ -38,7 +38,7 @@ def test_event_sequence_of_a_run(trained_run):
     assert set(batches[0].losses) == {"total", "mse", "l1", "contrastive", "divergence"}
     assert all(b.patterns_per_second > 0 for b in batches)
     (epoch,) = of(ev, EpochEnd)
-    assert epoch.val and epoch.train["mse"] > 0 and epoch.lr == pytest.approx(1e-3)
+    assert epoch.val and epoch.train["mse"] > 0 and epoch.lr == pytest.approx(trained_run.config.lr)
     previews = of(ev, Preview)
     assert len(previews) >= 2  # every step, and one at the end
     assert previews[-1].embeddings.shape == (3, 3, 32)
@@ -179,3 +179,54 @@ def test_preview_grid_respects_the_position_cap():
     assert shape[0] * shape[1] <= 400 and flat.size == shape[0] * shape[1]
     assert step == 4 and shape == (25, 15) and flat[1] == 4 and flat[shape[1]] == 4 * 60
     assert preview_grid((3, 3), 4096)[0] == 1
+
+
+def _run_keeping_train_data(dataset, config):
+    """Run to the end; return (Finished, the engine's training patterns)."""
+    gen = train(dataset, config)
+    train_ds, finished = None, None
+    for ev in gen:
+        if isinstance(ev, Started):
+            train_ds = gen.gi_frame.f_locals["train_ds"]
+        if isinstance(ev, Finished):
+            finished = ev
+    return finished, train_ds
+
+
+def test_the_run_ends_with_batchnorm_statistics_of_its_final_weights(tiny_dataset, tiny_config):
+    import copy
+
+    from napari_4dstem_autoencoder.models.batchnorm import recalibrate_batchnorm
+
+    finished, train_ds = _run_keeping_train_data(tiny_dataset(),
+                                                 tiny_config(preview_max_positions=0))
+    off, _ = _run_keeping_train_data(tiny_dataset(), tiny_config(preview_max_positions=0,
+                                                                 bn_recalibration_patterns=0))
+    bns = lambda m: [b for b in m.modules() if isinstance(b, torch.nn.BatchNorm2d)]
+    # 9 training patterns in batches of 4: steps of 4, 4, 1 patterns
+    assert all(int(b.num_batches_tracked) == 3 for b in bns(off.model))  # momentum updates
+    # recalibrated on the same 9 patterns in batches of 4 (the single-pattern batch is skipped)
+    assert all(int(b.num_batches_tracked) == 2 for b in bns(finished.model))
+    reference = copy.deepcopy(finished.model)
+    recalibrate_batchnorm(reference, [train_ds.data[0:4], train_ds.data[4:8], train_ds.data[8:9]])
+    for got, want in zip(bns(finished.model), bns(reference)):
+        torch.testing.assert_close(got.running_var, want.running_var)
+        torch.testing.assert_close(got.running_mean, want.running_mean)
+    # ...and they are not what the momentum average gives
+    assert any(not torch.allclose(a.running_var, b.running_var, rtol=1e-2)
+               for a, b in zip(bns(finished.model), bns(off.model)))
+
+
+def test_prior_preset_starts_from_the_training_mean_pattern(tiny_dataset, tiny_config):
+    from napari_4dstem_autoencoder.models.config import get_preset
+
+    config = tiny_config(model=get_preset("prior"), epochs=1, preview_max_positions=0)
+    ds = tiny_dataset()
+    gen = train(ds, config)
+    assert isinstance(next(gen), Started)
+    model = gen.gi_frame.f_locals["model"]
+    train_ds = gen.gi_frame.f_locals["train_ds"]
+    expected = train_ds.data.mean(dim=(0, 1)).clamp(1e-3, 1 - 1e-3)
+    got = torch.sigmoid(model.decoder.prior_logit[0, 0])
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    gen.close()

@@ -85,7 +85,8 @@ class Decoder(AdaptiveDecoder):
     def __init__(self, latent_dim: int = 32, out_shape: tuple[int, int] = (256, 256),
                  config: ModelConfig | str | None = None) -> None:
         cfg = _resolve(config)
-        super().__init__(latent_dim, out_shape, canvas=cfg.decoder_canvas)
+        super().__init__(latent_dim, out_shape, canvas=cfg.decoder_canvas,
+                         output_prior=cfg.output_prior == "mean_pattern")
         self.config = cfg
 
 
@@ -147,6 +148,10 @@ class Autoencoder(nn.Module):
         div = self.divergence(z)
         total = mse + lambda_act * l1 + lambda_sim * sim + lambda_div * div
         return {"total": total, "mse": mse, "l1": l1, "contrastive": sim, "divergence": div}
+
+    def set_output_prior(self, mean_pattern) -> None:
+        """Set the decoder's mean-pattern prior (configs with ``output_prior="mean_pattern"``)."""
+        self.decoder.set_output_prior(torch.as_tensor(mean_pattern))
 
     def num_parameters(self) -> int:
         return count_parameters(self)

@@ -130,10 +130,16 @@ class AdaptiveDecoder(nn.Module):
     channels = 128
 
     def __init__(self, latent_dim: int = 32, out_shape: tuple[int, int] = (256, 256),
-                 canvas: str = "fixed256") -> None:
+                 canvas: str = "fixed256", output_prior: bool = False) -> None:
         super().__init__()
         self.out_shape = tuple(int(s) for s in out_shape)
         self.canvas = canvas
+        if output_prior:
+            # logit of the training data's mean pattern, added before the sigmoid (a buffer:
+            # saved with the weights, not trained). Zero until set_output_prior is called.
+            self.register_buffer("prior_logit", torch.zeros(1, 1, *self.out_shape))
+        else:
+            self.prior_logit = None
         self.linear = nn.Linear(latent_dim, self.channels * self.base_size**2)
         self.conv_initial = conv3x3(self.channels, self.channels)
         self.up_blocks = nn.ModuleList(ResNetUpBlock(self.channels) for _ in range(3))
@@ -152,10 +158,29 @@ class AdaptiveDecoder(nn.Module):
         x = self.conv_initial(x)
         for block, size in zip(self.up_blocks, self.stage_sizes(target)):
             x = block(x, size)
-        x = torch.sigmoid(self.conv_final(x))
+        x = self.conv_final(x)
+        if self.prior_logit is not None:
+            prior = self.prior_logit
+            if tuple(prior.shape[-2:]) != tuple(x.shape[-2:]):
+                prior = F.interpolate(prior, size=x.shape[-2:], mode="bilinear", align_corners=False)
+            x = x + prior.to(x.dtype)
+        x = torch.sigmoid(x)
         if tuple(x.shape[-2:]) != target:
             x = F.interpolate(x, size=target, mode="bilinear", align_corners=False)
         return x
+
+
+    def set_output_prior(self, mean_pattern: torch.Tensor, clip: float = 1e-3) -> None:
+        """Set the prior from a mean pattern in [0, 1] (resized to ``out_shape`` if needed)."""
+        if self.prior_logit is None:
+            raise ValueError("this decoder was built without an output prior")
+        m = torch.as_tensor(mean_pattern, dtype=torch.float32).reshape(1, 1, *mean_pattern.shape[-2:])
+        if not bool(torch.isfinite(m).all()):
+            raise ValueError("the mean pattern contains NaN or Inf values")
+        if tuple(m.shape[-2:]) != self.out_shape:
+            m = F.interpolate(m, size=self.out_shape, mode="bilinear", align_corners=False)
+        m = m.clamp(clip, 1.0 - clip)
+        self.prior_logit.copy_(torch.log(m / (1.0 - m)).to(self.prior_logit.device))
 
 
 class ContrastiveLoss(nn.Module):

@@ -17,6 +17,7 @@ PoolSchedule = Literal["quarter", "to4"]
 DecoderCanvas = Literal["fixed256", "target"]
 DivergenceForm = Literal["inverse_variance", "log_variance", "std_hinge", "std_hinge_decorrelate"]
 DIVERGENCE_FORMS = ("inverse_variance", "log_variance", "std_hinge", "std_hinge_decorrelate")
+OutputPrior = Literal["none", "mean_pattern"]
 
 MIN_INPUT_SIZE = 32
 
@@ -43,6 +44,11 @@ class ModelConfig:
         gradient, and zero once a dimension spreads enough, so it cannot swamp the MSE;
         ``"std_hinge_decorrelate"`` adds VICReg's covariance term (squared off-diagonal
         covariances / D, weighted 1/25) so the dimensions cannot all carry the same number.
+    output_prior:
+        ``"none"`` (seed): the decoder's sigmoid starts from its own bias. ``"mean_pattern"``:
+        the logit of the training data's mean pattern is added before the sigmoid (a fixed
+        buffer, set once from the data; no parameters), so an untrained decoder already
+        outputs the mean pattern and training spends its steps on how patterns *differ*.
     """
 
     name: str = "seed"
@@ -55,6 +61,7 @@ class ModelConfig:
     lambda_act: float = 1e-4
     lambda_sim: float = 5e-5
     lambda_div: float = 2e-4
+    output_prior: OutputPrior = "none"
 
     def __post_init__(self) -> None:
         if self.pool_schedule not in ("quarter", "to4"):
@@ -63,6 +70,8 @@ class ModelConfig:
             raise ValueError(f"unknown decoder_canvas {self.decoder_canvas!r}")
         if self.divergence_form not in DIVERGENCE_FORMS:
             raise ValueError(f"unknown divergence_form {self.divergence_form!r}")
+        if self.output_prior not in ("none", "mean_pattern"):
+            raise ValueError(f"unknown output_prior {self.output_prior!r}")
         if self.latent_dim != 32:
             # The parameter budget (and the embedding layer) is defined for 32-D latents.
             raise ValueError("latent_dim must be 32 (the documented network)")
@@ -96,18 +105,22 @@ SEED = ModelConfig()
 #:   the seed's margin 1.0 never fires) with a weight large enough to matter.
 #: - ``decorrelated``: ``stable`` + a penalty on covariance between embedding dimensions
 #:   (measured: without it the 32 dimensions vary together, participation ratio ~1).
+#: - ``prior``: ``decorrelated`` + the mean-pattern output prior (measured on this CPU: the
+#:   decoder starts at the mean pattern's PSNR instead of ~7 dB, and embeddings cluster far
+#:   better after one epoch). Pair it with the training defaults (lr 1e-4, BN recalibration).
 POOLED4 = SEED.replace(name="pooled4", pool_schedule="to4")
 FAST = POOLED4.replace(name="fast", decoder_canvas="target")
 STABLE = FAST.replace(name="stable", divergence_form="std_hinge", divergence_eps=1e-4,
                       lambda_div=1e-3)
 CONTRAST = STABLE.replace(name="contrast", contrastive_margin=0.5, lambda_sim=1e-3)
 DECORRELATED = STABLE.replace(name="decorrelated", divergence_form="std_hinge_decorrelate")
+PRIOR = DECORRELATED.replace(name="prior", output_prior="mean_pattern")
 
 PRESETS: dict[str, ModelConfig] = {
-    c.name: c for c in (SEED, POOLED4, FAST, STABLE, CONTRAST, DECORRELATED)
+    c.name: c for c in (SEED, POOLED4, FAST, STABLE, CONTRAST, DECORRELATED, PRIOR)
 }
 
-DEFAULT_PRESET = "decorrelated"
+DEFAULT_PRESET = "prior"
 
 
 def get_preset(name: str) -> ModelConfig:

@@ -46,6 +46,11 @@ class TrainConfig:
     CPU); ``"off"`` trains in fp32. ``channels_last="auto"`` enables it on CUDA only.
     ``compile`` wraps the train step in ``torch.compile(dynamic=False)``.
 
+    Optimiser: Adam at ``lr`` (default 1e-4: faster than 1e-3 in the first epochs of this
+    network, docs/model.md). BatchNorm running statistics are re-estimated on
+    ``bn_recalibration_patterns`` training patterns before every preview, at each epoch end and
+    at the end (0 turns that off), so eval-mode embeddings match the trained weights.
+
     Stopping: ``early_stopping_patience`` epochs without a validation improvement larger than
     ``early_stopping_min_delta`` end the run; ``max_minutes`` is a wall-clock budget.
 
@@ -63,7 +68,7 @@ class TrainConfig:
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     epochs: int = 10
     batch_size: int = 32
-    lr: float = 1e-3
+    lr: float = 1e-4
     weight_decay: float = 0.0
     lambda_act: float | None = None
     lambda_sim: float | None = None
@@ -88,6 +93,7 @@ class TrainConfig:
     cache_max_mb: float = 2048.0
     grad_clip_norm: float | None = None
     sync_batchnorm: bool | Literal["auto"] = "auto"
+    bn_recalibration_patterns: int = 256
 
     def __post_init__(self) -> None:
         if self.model is None:
@@ -102,6 +108,7 @@ class TrainConfig:
             (self.epochs >= 1, "epochs must be >= 1"),
             (self.batch_size >= 2, "batch_size must be >= 2 (batch statistics need 2 samples)"),
             (self.lr > 0, "lr must be positive"),
+            (self.bn_recalibration_patterns >= 0, "bn_recalibration_patterns must be >= 0"),
             (self.weight_decay >= 0, "weight_decay must be >= 0"),
             (self.train_subset is None or self.train_subset >= 2, "train_subset must be >= 2"),
             (0.0 <= self.val_fraction < 1.0, "val_fraction must be in [0, 1)"),

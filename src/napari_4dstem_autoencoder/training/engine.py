@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from ..io.dataset import Dataset4D
 from ..io.preprocess import Preprocessor
 from ..models.autoencoder import Autoencoder
+from ..models.batchnorm import recalibrate_batchnorm
 from ..models.config import MIN_INPUT_SIZE
 from . import distributed as ddp
 from .checkpoints import CheckpointError, load_checkpoint, save_checkpoint
@@ -103,6 +104,17 @@ def embed_tensor(model: Autoencoder, x: torch.Tensor, device: torch.device, prec
 
 
 @torch.inference_mode()
+def _mean_pattern(train_ds, view, preprocessor, train_idx: np.ndarray, seed: int,
+                  max_patterns: int = 1024) -> torch.Tensor:
+    """Mean preprocessed training pattern (H, W), from up to ``max_patterns`` positions."""
+    if isinstance(train_ds, CachedPatterns):
+        return train_ds.data.mean(dim=(0, 1))
+    idx = train_idx
+    if idx.size > max_patterns:
+        idx = np.sort(np.random.default_rng(seed).choice(idx, size=max_patterns, replace=False))
+    return CachedPatterns.load(view, preprocessor, idx).data.mean(dim=(0, 1))
+
+
 def _evaluate(model: Autoencoder, loader: DataLoader, device: torch.device,
               precision: Precision, lambdas: dict[str, float],
               ctx: ddp.DistContext) -> dict[str, float]:
@@ -185,6 +197,8 @@ def train(
                         config=model_config)
     if resumed is not None:
         model.load_state_dict(resumed.model.state_dict())
+    elif model_config.output_prior == "mean_pattern":
+        model.set_output_prior(_mean_pattern(train_ds, view, preprocessor, split.train, config.seed))
     use_sync_bn = ctx.enabled and device.type == "cuda" and config.sync_batchnorm in (True, "auto")
     if use_sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -240,7 +254,27 @@ def train(
         p_step, p_flat, p_shape = preview_grid(view.scan_shape, max_positions)
         preview_x = CachedPatterns.load(view, preprocessor, p_flat).data
 
+    # BN running statistics re-estimated on a fixed subset of the training patterns whenever
+    # the model is used in eval mode (previews, checkpoints, the end): see models/batchnorm.py
+    calib_rng = np.random.default_rng(config.seed + 1)
+    n_calib = min(config.bn_recalibration_patterns, len(train_ds))
+    calib_idx = np.sort(calib_rng.choice(len(train_ds), size=n_calib, replace=False)).tolist()
+    calibrated_at = -1
+
+    def recalibrate() -> None:
+        nonlocal calibrated_at
+        if n_calib < 2 or calibrated_at == global_step:
+            return
+        batches = (precision.prepare_input(stack_batch(
+            train_ds.__getitems__(calib_idx[i:i + config.batch_size])).to(device))
+            for i in range(0, n_calib, config.batch_size))
+        with precision.autocast():
+            recalibrate_batchnorm(model, batches)
+        calibrated_at = global_step
+
     def make_preview() -> Preview:
+        if ctx.world_size == 1:  # with SyncBN every rank would have to join
+            recalibrate()
         model.eval()
         emb = embed_tensor(model, preview_x, device, precision, batch_size=max(config.batch_size, 64))
         model.train()
@@ -331,6 +365,7 @@ def train(
                 break
 
             # -- end of epoch: sync BN stats, validate, schedule, record, checkpoint ----
+            recalibrate()
             ddp.broadcast_buffers(model, ctx)
             sums = ddp.sum_over_ranks(sums.to(device), ctx).cpu()
             train_means = ({k: float(v) for k, v in zip(LOSS_KEYS, (sums[:-1] / sums[-1]).tolist())}
@@ -374,6 +409,7 @@ def train(
         return
 
     # -- wrap up: a consistent state, a final preview and checkpoint ---------------------
+    recalibrate()
     ddp.broadcast_buffers(model, ctx)
     if preview_x is not None and global_step > 0:
         yield make_preview()
