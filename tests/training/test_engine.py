@@ -230,3 +230,19 @@ def test_prior_preset_starts_from_the_training_mean_pattern(tiny_dataset, tiny_c
     got = torch.sigmoid(model.decoder.prior_logit[0, 0])
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
     gen.close()
+
+
+def test_previews_recalibrate_the_encoder_alone(tiny_dataset, tiny_config):
+    config = tiny_config(batch_size=2, preview_every_steps=1, preview_max_positions=16)
+    gen = train(tiny_dataset(), config)
+    for ev in gen:
+        if isinstance(ev, Preview):
+            break
+    model = gen.gi_frame.f_locals["model"]
+    count = lambda m: {int(b.num_batches_tracked) for b in m.modules()
+                       if isinstance(b, torch.nn.BatchNorm2d)}
+    # half of the 9 training patterns (4) in batches of 2 for the encoder; the decoder's
+    # statistics still come from the one training step
+    assert count(model.encoder) == {2}
+    assert count(model.decoder) == {1}
+    gen.close()

@@ -261,20 +261,24 @@ def train(
     calib_idx = np.sort(calib_rng.choice(len(train_ds), size=n_calib, replace=False)).tolist()
     calibrated_at = -1
 
-    def recalibrate() -> None:
+    def recalibrate(encoder_only: bool = False) -> None:
+        """Full model (epoch ends, the end); previews only need the encoder, on half the subset
+        (they come every few seconds, and a forward pass of 256 patterns takes seconds on CPU)."""
         nonlocal calibrated_at
         if n_calib < 2 or calibrated_at == global_step:
             return
+        idx = calib_idx[:max(2, n_calib // 2)] if encoder_only else calib_idx
         batches = (precision.prepare_input(stack_batch(
-            train_ds.__getitems__(calib_idx[i:i + config.batch_size])).to(device))
-            for i in range(0, n_calib, config.batch_size))
+            train_ds.__getitems__(idx[i:i + config.batch_size])).to(device))
+            for i in range(0, len(idx), config.batch_size))
         with precision.autocast():
-            recalibrate_batchnorm(model, batches)
-        calibrated_at = global_step
+            recalibrate_batchnorm(model.encoder if encoder_only else model, batches)
+        if not encoder_only:
+            calibrated_at = global_step
 
     def make_preview() -> Preview:
         if ctx.world_size == 1:  # with SyncBN every rank would have to join
-            recalibrate()
+            recalibrate(encoder_only=True)
         model.eval()
         emb = embed_tensor(model, preview_x, device, precision, batch_size=max(config.batch_size, 64))
         model.train()
