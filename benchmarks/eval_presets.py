@@ -154,10 +154,15 @@ def run_model(model: torch.nn.Module, x: np.ndarray, device: torch.device,
     return np.concatenate(zs), np.concatenate(recon), rate
 
 
+def paused_local(gen, name: str):
+    """A local variable of the paused engine generator (None once it has finished)."""
+    frame = getattr(gen, "gi_frame", None)
+    return frame.f_locals.get(name) if frame is not None else None
+
+
 def engine_recalibrate(gen):
     """The engine's own BN recalibration (``recalibrate`` in the paused generator), or None."""
-    frame = getattr(gen, "gi_frame", None)
-    fn = frame.f_locals.get("recalibrate") if frame is not None else None
+    fn = paused_local(gen, "recalibrate")
     return fn if callable(fn) else None
 
 
@@ -168,8 +173,7 @@ def engine_model(gen) -> torch.nn.Module | None:
     one run we read it from the paused generator's frame (read-only; scoring switches it to
     eval mode and back). Returns None if the engine no longer keeps it under that name.
     """
-    frame = getattr(gen, "gi_frame", None)
-    model = frame.f_locals.get("model") if frame is not None else None
+    model = paused_local(gen, "model")
     return model if isinstance(model, torch.nn.Module) else None
 
 

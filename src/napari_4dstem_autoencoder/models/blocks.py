@@ -169,7 +169,6 @@ class AdaptiveDecoder(nn.Module):
             x = F.interpolate(x, size=target, mode="bilinear", align_corners=False)
         return x
 
-
     def set_output_prior(self, mean_pattern: torch.Tensor, clip: float = 1e-3) -> None:
         """Set the prior from a mean pattern in [0, 1] (resized to ``out_shape`` if needed)."""
         if self.prior_logit is None:

@@ -103,7 +103,6 @@ def embed_tensor(model: Autoencoder, x: torch.Tensor, device: torch.device, prec
     return torch.cat(out).numpy()
 
 
-@torch.inference_mode()
 def _mean_pattern(train_ds, view, preprocessor, train_idx: np.ndarray, seed: int,
                   max_patterns: int = 1024) -> torch.Tensor:
     """Mean preprocessed training pattern (H, W), from up to ``max_patterns`` positions."""
@@ -115,6 +114,7 @@ def _mean_pattern(train_ds, view, preprocessor, train_idx: np.ndarray, seed: int
     return CachedPatterns.load(view, preprocessor, idx).data.mean(dim=(0, 1))
 
 
+@torch.inference_mode()
 def _evaluate(model: Autoencoder, loader: DataLoader, device: torch.device,
               precision: Precision, lambdas: dict[str, float],
               ctx: ddp.DistContext) -> dict[str, float]:
