@@ -4,9 +4,12 @@ For every dataset x preset x seed, the project's engine (``training.engine.train
 with a wall-clock budget; at each budget mark (e.g. 1, 3 and 10 minutes of engine time; the
 time spent scoring is not counted) the embeddings of every position are clustered with
 k-means and scored against the ground truth (adjusted Rand index, on all positions and on
-the "core" away from class boundaries), next to a PCA(10) + k-means baseline on the same
+the "core" away from class boundaries; ``ARI`` on standardised dimensions, ``raw`` on the
+embeddings as they are, the geometry PCA + k-means uses), next to a PCA(10) + k-means baseline on the same
 preprocessed patterns. Also printed: live and effective latent dimensions, reconstruction
-PSNR/SSIM (scikit-image, data range 1), training patterns/s and the final loss terms.
+PSNR/SSIM (scikit-image, data range 1), training patterns/s and the final loss terms, and a
+linear probe (``probe``: ARI of cross-validated LDA predictions from the embeddings, which uses
+the labels) that tells "the information is not in the embedding" from "k-means misses it".
 
 Datasets: ``sim`` = ../shared/data/sim/abtem_three_region.h5 (``data_counts``, ``labels``,
 core = ``boundary_distance >= 4`` A) and ``sample`` = the project's synthetic sample
@@ -39,11 +42,13 @@ from typing import Any
 import numpy as np
 import torch
 from scipy import ndimage
+from sklearn.decomposition import PCA
 
 from napari_4dstem_autoencoder.analysis.clustering import (
     adjusted_rand,
     cluster_embeddings,
     effective_dimensions,
+    linear_probe_ari,
     live_dimensions,
     pca_kmeans_baseline,
     per_class_reconstruction_quality,
@@ -86,7 +91,10 @@ class Row:
     train_patterns_per_s: float
     ari_all: float
     ari_core: float
+    ari_raw_all: float
+    ari_raw_core: float
     ari_gmm_all: float
+    probe_ari: float
     baseline_ari_all: float
     baseline_ari_core: float
     live_dims: int
@@ -182,6 +190,7 @@ def evaluate(task: Task, x: np.ndarray, model: torch.nn.Module, device: torch.de
     z, recon, rate = run_model(model, x, device, recon_idx)
     z_map = z.reshape(*task.labels.shape, -1)
     labels = cluster_embeddings(z_map, task.n_clusters, method="kmeans", seed=seed)
+    raw = cluster_embeddings(z_map, task.n_clusters, method="kmeans", seed=seed, standardise=False)
     try:
         gmm = cluster_embeddings(z_map, task.n_clusters, method="gmm", seed=seed)
         ari_gmm = adjusted_rand(task.labels, gmm)
@@ -193,11 +202,15 @@ def evaluate(task: Task, x: np.ndarray, model: torch.nn.Module, device: torch.de
     return {
         "ari_all": adjusted_rand(task.labels, labels),
         "ari_core": adjusted_rand(task.labels, labels, mask=task.core),
+        "ari_raw_all": adjusted_rand(task.labels, raw),
+        "ari_raw_core": adjusted_rand(task.labels, raw, mask=task.core),
         "ari_gmm_all": ari_gmm,
+        "probe_ari": linear_probe_ari(z, task.labels),
         "live_dims": live_dimensions(z),
         "effective_dims": effective_dimensions(z),
         "psnr": psnr, "ssim": ssim, "embed_patterns_per_s": rate,
         "per_class": {str(k): [float(v[0]), float(v[1])] for k, v in per_class.items()},
+        "embeddings": z_map,
     }
 
 
@@ -247,6 +260,11 @@ def train_and_score(task: Task, preset: str, seed: int, budgets: list[float], ar
                 recalibrate()
                 engine_time += time.perf_counter() - t0
             scores = evaluate(task, x, model, device, seed, recon_idx)
+            z_map = scores.pop("embeddings")
+            if args.dump is not None:  # for offline analysis of the embeddings themselves
+                args.dump.mkdir(parents=True, exist_ok=True)
+                np.savez_compressed(args.dump / f"{task.name}_{preset}_s{seed}_{marks[0]:g}min.npz",
+                                    embeddings=z_map, labels=task.labels, core=task.core)
             rows.append(make_row(task, preset, seed, marks[0], args, engine_time, seen, rates,
                                  last_losses, scores, baseline, x, device))
             print_row(rows[-1], flush=True)
@@ -271,15 +289,16 @@ def make_row(task, preset, seed, budget, args, engine_time, seen, rates, losses,
 
 
 HEADER = (f"{'data':6} {'preset':9} {'seed':>4} {'min':>5} {'pat/s':>6} {'epochs':>6} "
-          f"{'ARI':>5} {'core':>5} {'gmm':>5} {'PCA':>5} {'PCAc':>5} {'live':>4} {'eff':>5} "
-          f"{'PSNR':>5} {'SSIM':>5} {'mse':>8} {'div·λ':>8}")
+          f"{'ARI':>5} {'core':>5} {'raw':>5} {'rawc':>5} {'gmm':>5} {'probe':>5} {'PCA':>5} "
+          f"{'PCAc':>5} {'live':>4} {'eff':>5} {'PSNR':>5} {'SSIM':>5} {'mse':>8} {'div·λ':>8}")
 
 
 def print_row(r: Row, flush: bool = False) -> None:
     cfg = PRESETS[r.preset]
     div = r.final_losses.get("divergence", float("nan")) * cfg.lambda_div
     print(f"{r.dataset:6} {r.preset:9} {r.seed:>4} {r.budget_min:>5g} {r.train_patterns_per_s:>6.1f} "
-          f"{r.epochs_seen:>6.2f} {r.ari_all:>5.3f} {r.ari_core:>5.3f} {r.ari_gmm_all:>5.3f} "
+          f"{r.epochs_seen:>6.2f} {r.ari_all:>5.3f} {r.ari_core:>5.3f} {r.ari_raw_all:>5.3f} "
+          f"{r.ari_raw_core:>5.3f} {r.ari_gmm_all:>5.3f} {r.probe_ari:>5.3f} "
           f"{r.baseline_ari_all:>5.3f} {r.baseline_ari_core:>5.3f} {r.live_dims:>4} "
           f"{r.effective_dims:>5.2f} {r.psnr:>5.1f} {r.ssim:>5.3f} "
           f"{r.final_losses.get('mse', float('nan')):>8.2e} {div:>8.1e}", flush=flush)
@@ -297,7 +316,7 @@ def summarise(rows: list[Row]) -> None:
             return f"{median(v):.3f} [{min(v):.3f}..{max(v):.3f}]"
 
         print(f"{d:6} {p:9} {b:>5g} min  n={len(sel)}  ARI {s('ari_all')}  core {s('ari_core')}"
-              f"  PCA {sel[0].baseline_ari_all:.3f}/{sel[0].baseline_ari_core:.3f}"
+              f"  raw {s('ari_raw_all')}  probe {s('probe_ari')}  PCA {sel[0].baseline_ari_all:.3f}/{sel[0].baseline_ari_core:.3f}"
               f"  live {s('live_dims')}  PSNR {s('psnr')}")
 
 
@@ -332,6 +351,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="positions whose reconstruction is scored (PSNR/SSIM)")
     ap.add_argument("--sim-path", type=Path, default=SIM_PATH)
     ap.add_argument("--out", type=Path, default=None, help="write OUT.json and OUT.csv")
+    ap.add_argument("--dump", type=Path, default=None,
+                    help="save each mark's embeddings, labels and core mask to DUMP/*.npz")
     args = ap.parse_args(argv)
 
     presets = [p for p in args.presets.split(",") if p]
@@ -359,9 +380,11 @@ def main(argv: list[str] | None = None) -> int:
                 for s in seeds]
         baseline = (float(median(adjusted_rand(task.labels, b) for b in base)),
                     float(median(adjusted_rand(task.labels, b, mask=task.core) for b in base)))
+        pca_scores = PCA(n_components=10, random_state=0).fit_transform(x.reshape(x.shape[0], -1))
         print(f"{task.name}: {x.shape[0]} patterns of {x.shape[1]}x{x.shape[2]}, "
               f"{task.n_clusters} classes, core {int(task.core.sum())} positions; "
-              f"PCA(10)+k-means ARI {baseline[0]:.3f} all, {baseline[1]:.3f} core")
+              f"PCA(10)+k-means ARI {baseline[0]:.3f} all, {baseline[1]:.3f} core; "
+              f"probe on PCA(10) {linear_probe_ari(pca_scores, task.labels):.3f}")
         print(HEADER, flush=True)
         for preset in presets:
             for seed in seeds:

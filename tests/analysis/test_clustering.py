@@ -12,6 +12,7 @@ from napari_4dstem_autoencoder.analysis.clustering import (
     class_mean_patterns,
     cluster_embeddings,
     effective_dimensions,
+    linear_probe_ari,
     live_dimensions,
     pca_kmeans_baseline,
     per_class_reconstruction_quality,
@@ -249,3 +250,35 @@ def test_live_and_effective_dimensions():
     collapsed = np.maximum(0.0, s * rng.uniform(0.5, 2.0, size=32))
     assert live_dimensions(collapsed) == 32
     assert effective_dimensions(collapsed) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_linear_probe_finds_a_class_that_kmeans_misses_and_not_one_that_is_absent():
+    rng = np.random.default_rng(0)
+    truth = np.repeat([0, 1], 200)
+    z = np.zeros((400, 6))
+    z[:, 0] = 10 * rng.normal(size=400)  # a large nuisance direction, the same for both classes
+    z[:, 1] = 0.5 * truth + 0.05 * rng.normal(size=400)  # the class: small but clean
+    z[:, 2:5] = rng.normal(size=(400, 3))
+    kmeans = adjusted_rand(truth, cluster_embeddings(z, 2, standardise=False))
+    assert kmeans < 0.1  # k-means splits along the nuisance direction
+    assert linear_probe_ari(z, truth) > 0.95  # but the information is there
+    # labels that the embedding does not carry: the probe is at chance
+    shuffled = rng.permutation(truth)
+    assert abs(linear_probe_ari(z, shuffled)) < 0.05
+    # a constant embedding carries nothing
+    assert linear_probe_ari(np.zeros((400, 6)), truth) == pytest.approx(0.0)
+
+
+def test_linear_probe_rejects_unusable_labels():
+    z = np.random.default_rng(0).normal(size=(20, 4))
+    with pytest.raises(ValueError, match="at least two classes"):
+        linear_probe_ari(z, np.zeros(20, int))
+    with pytest.raises(ValueError, match="at least 5 per class"):
+        linear_probe_ari(z, np.r_[np.zeros(17, int), np.ones(3, int)])
+    with pytest.raises(ValueError, match="labels have 19 positions"):
+        linear_probe_ari(z, np.zeros(19, int))
+    # negative labels are left out, exactly as if those positions were not there
+    lab = np.r_[np.zeros(8, int), np.ones(8, int), -np.ones(4, int)]
+    z[8:16, 0] += 5.0  # class 1 is separable
+    assert linear_probe_ari(z, lab) == pytest.approx(linear_probe_ari(z[:16], lab[:16]))
+    assert linear_probe_ari(z[:16], lab[:16]) == pytest.approx(1.0)

@@ -24,6 +24,7 @@ from sklearn.mixture import GaussianMixture
 from .projection import prepare_features, project_2d
 from .quality import (
     effective_dimensions,
+    linear_probe_ari,
     live_dimensions,
     per_class_reconstruction_quality,
     reconstruction_quality,
@@ -33,8 +34,9 @@ ClusterMethod = Literal["kmeans", "gmm"]
 
 __all__ = [
     "adjusted_rand", "class_mean_patterns", "cluster_embeddings", "effective_dimensions",
-    "live_dimensions", "pca_kmeans_baseline", "per_class_reconstruction_quality",
-    "project_2d", "reconstruction_quality", "relabel_by_size",
+    "linear_probe_ari", "live_dimensions", "pca_kmeans_baseline",
+    "per_class_reconstruction_quality", "project_2d", "reconstruction_quality",
+    "relabel_by_size",
 ]
 
 

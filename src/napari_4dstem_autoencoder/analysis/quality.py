@@ -93,3 +93,38 @@ def effective_dimensions(embeddings: np.ndarray) -> float:
     if total <= 0:
         return 0.0
     return float(total**2 / np.sum(eig**2))
+
+
+def linear_probe_ari(embeddings: np.ndarray, labels: np.ndarray, folds: int = 5,
+                     seed: int = 0) -> float:
+    """How much of the ground truth a *linear* read-out of the embeddings recovers.
+
+    Linear discriminant analysis (scikit-learn) is trained on ``folds - 1`` folds and predicts
+    the held-out fold; the adjusted Rand index of those out-of-fold predictions is returned.
+    Unlike clustering, this uses the labels, so it separates two failures: a low probe means
+    the information is not in the embedding; a high probe with a low clustering ARI means it
+    is there but the clusters are not where k-means looks (scaling, elongated classes).
+    Negative labels are ignored; every class needs at least ``folds`` positions.
+    """
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+    from sklearn.metrics import adjusted_rand_score
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+    z = _flat(embeddings)
+    y = np.asarray(labels).ravel()
+    if y.size != z.shape[0]:
+        raise ValueError(f"labels have {y.size} positions but there are {z.shape[0]} embeddings")
+    keep = y >= 0
+    z, y = z[keep], y[keep]
+    classes, counts = np.unique(y, return_counts=True)
+    if classes.size < 2:
+        raise ValueError("the probe needs at least two classes")
+    if counts.min() < folds:
+        raise ValueError(f"class {classes[counts.argmin()]} has {counts.min()} positions; "
+                         f"the probe needs at least {folds} per class")
+    live = z.std(axis=0) > 0
+    if not live.any():  # a constant embedding carries nothing: every position gets one class
+        return float(adjusted_rand_score(y, np.zeros_like(y)))
+    cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    pred = cross_val_predict(LinearDiscriminantAnalysis(), z[:, live], y, cv=cv)
+    return float(adjusted_rand_score(y, pred))
