@@ -4,8 +4,8 @@ For every dataset x preset x seed, the project's engine (``training.engine.train
 with a wall-clock budget; at each budget mark (e.g. 1, 3 and 10 minutes of engine time; the
 time spent scoring is not counted) the embeddings of every position are clustered with
 k-means and scored against the ground truth (adjusted Rand index, on all positions and on
-the "core" away from class boundaries; ``ARI`` on standardised dimensions, ``raw`` on the
-embeddings as they are, the geometry PCA + k-means uses), next to a PCA(10) + k-means baseline on the same
+the "core" away from class boundaries; ``ARI`` and ``gmm`` on standardised dimensions, the
+product's default, ``raw`` on the embeddings as they are, the geometry PCA + k-means uses), next to a PCA(10) + k-means baseline on the same
 preprocessed patterns. Also printed: live and effective latent dimensions, reconstruction
 PSNR/SSIM (scikit-image, data range 1), training patterns/s and the final loss terms, and a
 linear probe (``probe``: ARI of cross-validated LDA predictions from the embeddings, which uses
@@ -189,10 +189,12 @@ def evaluate(task: Task, x: np.ndarray, model: torch.nn.Module, device: torch.de
              seed: int, recon_idx: np.ndarray) -> dict[str, Any]:
     z, recon, rate = run_model(model, x, device, recon_idx)
     z_map = z.reshape(*task.labels.shape, -1)
-    labels = cluster_embeddings(z_map, task.n_clusters, method="kmeans", seed=seed)
+    labels = cluster_embeddings(z_map, task.n_clusters, method="kmeans", seed=seed,
+                                standardise=True)
     raw = cluster_embeddings(z_map, task.n_clusters, method="kmeans", seed=seed, standardise=False)
     try:
-        gmm = cluster_embeddings(z_map, task.n_clusters, method="gmm", seed=seed)
+        gmm = cluster_embeddings(z_map, task.n_clusters, method="gmm", seed=seed,
+                                 standardise=True)
         ari_gmm = adjusted_rand(task.labels, gmm)
     except ValueError:  # e.g. a fully collapsed latent
         ari_gmm = float("nan")

@@ -92,8 +92,8 @@ def score(tag):
     mse = float(((r - X[ridx])**2).mean())
     out = {}
     zm = z.reshape(*labels.shape, -1)
-    out["std"] = adjusted_rand(labels, cluster_embeddings(zm, k, seed=0))
-    out["core"] = adjusted_rand(labels, cluster_embeddings(zm, k, seed=0), mask=core)
+    out["std"] = adjusted_rand(labels, cluster_embeddings(zm, k, seed=0, standardise=True))
+    out["core"] = adjusted_rand(labels, cluster_embeddings(zm, k, seed=0, standardise=True), mask=core)
     out["raw"] = adjusted_rand(labels, cluster_embeddings(zm, k, seed=0, standardise=False))
     zc = z - z.mean(0)
     if np.abs(zc).max() > 0:
@@ -103,7 +103,7 @@ def score(tag):
     with torch.no_grad():
         zt = torch.cat([m.embed(X[i:i+256]) for i in range(0, len(X), 256)]).numpy()
     m.load_state_dict(sd)
-    out["trainbn"] = adjusted_rand(labels, cluster_embeddings(zt.reshape(*labels.shape, -1), k, seed=0))
+    out["trainbn"] = adjusted_rand(labels, cluster_embeddings(zt.reshape(*labels.shape, -1), k, seed=0, standardise=True))
     if hist: out["train_psnr"] = round(10*np.log10(1/np.mean(hist[-10:])), 1)
     out["live"] = live_dimensions(z); out["eff"] = round(effective_dimensions(z), 2)
     out["psnr"] = round(10*np.log10(1/mse), 1)

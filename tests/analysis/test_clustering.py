@@ -110,6 +110,19 @@ def test_standardise_equalises_scales():
     assert adjusted_rand(truth, cluster_embeddings(x, 2, standardise=True)) > 0.9
 
 
+def test_standardise_can_also_promote_a_small_nuisance():
+    # dimension 0: the classes, large and a little spread; dimension 1: a tiny but sharply
+    # bimodal split unrelated to them (as a faint, clean nuisance direction in an embedding)
+    rng = np.random.default_rng(0)
+    truth = np.repeat([0, 1], 150)
+    nuisance = rng.permutation(truth)
+    x = np.column_stack([10.0 * truth + 2.0 * rng.normal(size=300),
+                         0.2 * nuisance + 0.01 * rng.normal(size=300)])
+    assert adjusted_rand(truth, cluster_embeddings(x, 2, standardise=False)) > 0.9
+    scaled = cluster_embeddings(x, 2, standardise=True)
+    assert adjusted_rand(truth, scaled) < 0.1 and adjusted_rand(nuisance, scaled) > 0.9
+
+
 def test_clustering_rejects_bad_input():
     x, _ = blobs(n_per=5)
     with pytest.raises(ValueError, match="n_clusters"):

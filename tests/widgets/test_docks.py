@@ -9,6 +9,7 @@ import pytest
 import tifffile
 
 from napari_4dstem_autoencoder._widgets import backend
+from napari_4dstem_autoencoder._widgets.latent_widget import CLUSTER_STANDARDISE_DEFAULT
 from napari_4dstem_autoencoder._widgets.state import get_state
 from napari_4dstem_autoencoder._widgets.workers import Failure
 
@@ -160,8 +161,14 @@ def test_traversal_decodes_from_the_probe_and_follows_sliders(make_napari_viewer
     assert not np.allclose(trav.decoded_image, start)
 
 
+def test_the_dock_starts_with_the_library_clustering_scale():
+    from napari_4dstem_autoencoder.analysis.clustering import STANDARDISE_DEFAULT
+
+    assert CLUSTER_STANDARDISE_DEFAULT is STANDARDISE_DEFAULT
+
+
 def test_latent_maps_composite_clusters_and_export(make_napari_viewer, qtbot, tmp_path, checkpoint,
-                                                  open_dock):
+                                                  open_dock, monkeypatch):
     viewer, state = _viewer_with_model(make_napari_viewer, checkpoint)
     latent = open_dock(viewer, "Latent maps")
     assert latent.channels()[0] == 5
@@ -176,6 +183,25 @@ def test_latent_maps_composite_clusters_and_export(make_napari_viewer, qtbot, tm
     clusters = viewer.layers["AE clusters"].data
     assert clusters.shape == (GRID, GRID) and set(np.unique(clusters)) <= {1, 2, 3}
     assert latent.class_means.shape == (3, 32, 32)
+    # the dock's scaling choice reaches the clustering: each setting gives what the library gives
+    from napari_4dstem_autoencoder.analysis.clustering import cluster_embeddings
+
+    assert latent.standardise.isChecked() is CLUSTER_STANDARDISE_DEFAULT
+    calls = []
+    real_cluster = backend.cluster
+
+    def recording(*args, **kwargs):
+        calls.append(kwargs.get("standardise"))
+        return real_cluster(*args, **kwargs)
+
+    monkeypatch.setattr(backend, "cluster", recording)
+    for scaled in (True, False):
+        latent.standardise.setChecked(scaled)
+        with qtbot.waitSignal(latent.clustered, timeout=60_000):
+            latent.cluster()
+        np.testing.assert_array_equal(
+            latent.labels, cluster_embeddings(state.embeddings, 3, standardise=scaled))
+    assert calls == [True, False]
 
     from napari_4dstem_autoencoder.analysis.export import read_results
 

@@ -125,10 +125,12 @@ def pattern_quality(inputs: np.ndarray, recon: np.ndarray) -> tuple[float, float
     return psnr, ssim
 
 
-def cluster(embeddings: np.ndarray, n_clusters: int, method: str, seed: int = 0) -> np.ndarray:
+def cluster(embeddings: np.ndarray, n_clusters: int, method: str, seed: int = 0,
+            standardise: bool = True) -> np.ndarray:
     from ..analysis.clustering import cluster_embeddings
 
-    return np.asarray(cluster_embeddings(embeddings, n_clusters, method=method, seed=seed))
+    return np.asarray(cluster_embeddings(embeddings, n_clusters, method=method, seed=seed,
+                                         standardise=standardise))
 
 
 def class_means(dataset: Any, labels: np.ndarray) -> np.ndarray:

@@ -15,6 +15,7 @@ import pyqtgraph as pg
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QFileDialog,
     QFormLayout,
@@ -35,6 +36,9 @@ from .workers import start_function
 
 RGB_LAYER = "AE RGB composite"
 CLUSTER_LAYER = "AE clusters"
+#: the dock's initial clustering scale; equal to ``analysis.clustering.STANDARDISE_DEFAULT``
+#: (a test checks), kept here so opening the dock does not import scikit-learn
+CLUSTER_STANDARDISE_DEFAULT = True
 
 
 def rgb_composite(embeddings: np.ndarray, channels: tuple[int, int, int]) -> np.ndarray:
@@ -91,9 +95,14 @@ class LatentMapsWidget(QWidget):
         self.n_clusters = QSpinBox(minimum=2, maximum=64, value=5)
         self.method = QComboBox()
         self.method.addItems(["kmeans", "gmm"])
+        # on: every live dimension scaled to unit variance first; off: distances in the
+        # latent space as the network made it (the geometry PCA + k-means uses)
+        self.standardise = QCheckBox("scale every dimension to unit variance")
+        self.standardise.setChecked(CLUSTER_STANDARDISE_DEFAULT)
         self.cluster_button = QPushButton("Cluster embeddings")
         form.addRow("clusters", self.n_clusters)
         form.addRow("method", self.method)
+        form.addRow(self.standardise)
         form.addRow(self.cluster_button)
         self.means_view = pg.GraphicsLayoutWidget()
         self.means_view.setBackground("k")
@@ -172,12 +181,13 @@ class LatentMapsWidget(QWidget):
         if emb is None or dataset is None or self._cluster_worker is not None:
             return None
         k, method = self.n_clusters.value(), self.method.currentText()
+        standardise = self.standardise.isChecked()
         self.cluster_button.setEnabled(False)
         view = loaded.preprocessor.scan_view(dataset) if loaded is not None else dataset
         prep = loaded.preprocessor if loaded is not None else None
 
         def work() -> tuple[np.ndarray, np.ndarray]:
-            labels = backend.cluster(emb, k, method)
+            labels = backend.cluster(emb, k, method, standardise=standardise)
             from ..analysis.clustering import class_mean_patterns
 
             means = class_mean_patterns(view, labels, n_clusters=k, preprocessor=prep)
