@@ -5,11 +5,12 @@ with a wall-clock budget; at each budget mark (e.g. 1, 3 and 10 minutes of engin
 time spent scoring is not counted) the embeddings of every position are clustered with
 k-means and scored against the ground truth (adjusted Rand index, on all positions and on
 the "core" away from class boundaries; ``ARI`` and ``gmm`` on standardised dimensions, the
-product's default, ``raw`` on the embeddings as they are, the geometry PCA + k-means uses), next to a PCA(10) + k-means baseline on the same
-preprocessed patterns. Also printed: live and effective latent dimensions, reconstruction
-PSNR/SSIM (scikit-image, data range 1), training patterns/s and the final loss terms, and a
-linear probe (``probe``: ARI of cross-validated LDA predictions from the embeddings, which uses
-the labels) that tells "the information is not in the embedding" from "k-means misses it".
+product's default, ``raw`` on the embeddings as they are, the geometry PCA + k-means uses),
+next to a PCA(10) + k-means baseline on the same preprocessed patterns. Also printed: live
+and effective latent dimensions, reconstruction PSNR/SSIM (scikit-image, data range 1),
+training patterns/s and the final loss terms, and a linear probe (``probe``: ARI of
+cross-validated LDA predictions from the embeddings, which uses the labels) that tells "the
+information is not in the embedding" from "k-means misses it".
 
 Datasets: ``sim`` = ../shared/data/sim/abtem_three_region.h5 (``data_counts``, ``labels``,
 core = ``boundary_distance >= 4`` A) and ``sample`` = the project's synthetic sample
@@ -318,7 +319,8 @@ def summarise(rows: list[Row]) -> None:
             return f"{median(v):.3f} [{min(v):.3f}..{max(v):.3f}]"
 
         print(f"{d:6} {p:9} {b:>5g} min  n={len(sel)}  ARI {s('ari_all')}  core {s('ari_core')}"
-              f"  raw {s('ari_raw_all')}  probe {s('probe_ari')}  PCA {sel[0].baseline_ari_all:.3f}/{sel[0].baseline_ari_core:.3f}"
+              f"  raw {s('ari_raw_all')}  probe {s('probe_ari')}"
+              f"  PCA {sel[0].baseline_ari_all:.3f}/{sel[0].baseline_ari_core:.3f}"
               f"  live {s('live_dims')}  PSNR {s('psnr')}")
 
 

@@ -99,6 +99,14 @@ def one_line_error(code, err, *needles):
         assert needle in lines[0], lines[0]
 
 
+def test_training_defaults_are_the_engine_s():
+    from napari_4dstem_autoencoder._widgets import backend
+    from napari_4dstem_autoencoder.training.config import TrainConfig
+
+    args = cli.build_parser().parse_args(["train", "data.npy", "--out", "m.pt"])
+    assert args.lr == TrainConfig.lr == backend.default_learning_rate()
+
+
 def test_missing_dataset(capsys, tmp_path):
     code, _, err = run(["info", tmp_path / "nope.mib"], capsys)
     one_line_error(code, err, "nope.mib")

@@ -46,6 +46,12 @@ def preset_names() -> tuple[list[str], str]:
     return list(PRESETS), DEFAULT_PRESET
 
 
+def default_learning_rate() -> float:
+    from ..training.config import TrainConfig
+
+    return TrainConfig.lr
+
+
 def make_train_config(**values: Any) -> Any:
     """A frozen TrainConfig from widget values; keys the engine does not know are dropped."""
     from ..training.config import TrainConfig
@@ -125,8 +131,8 @@ def pattern_quality(inputs: np.ndarray, recon: np.ndarray) -> tuple[float, float
     return psnr, ssim
 
 
-def cluster(embeddings: np.ndarray, n_clusters: int, method: str, seed: int = 0,
-            standardise: bool = True) -> np.ndarray:
+def cluster(embeddings: np.ndarray, n_clusters: int, method: str, seed: int = 0, *,
+            standardise: bool) -> np.ndarray:
     from ..analysis.clustering import cluster_embeddings
 
     return np.asarray(cluster_embeddings(embeddings, n_clusters, method=method, seed=seed,

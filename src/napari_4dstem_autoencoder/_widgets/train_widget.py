@@ -105,7 +105,8 @@ class TrainWidget(QWidget):
         self.preset.setCurrentText(default)
         self.epochs = QSpinBox(minimum=1, maximum=100000, value=10)
         self.batch_size = QSpinBox(minimum=2, maximum=4096, value=32)
-        self.lr = QDoubleSpinBox(minimum=1e-7, maximum=1.0, decimals=6, value=1e-4, singleStep=1e-5)  # TrainConfig.lr
+        self.lr = QDoubleSpinBox(minimum=1e-7, maximum=1.0, decimals=6,
+                                 value=backend.default_learning_rate(), singleStep=1e-5)
         self.lambda_act = QLineEdit()
         self.lambda_sim = QLineEdit()
         self.lambda_div = QLineEdit()
