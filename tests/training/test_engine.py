@@ -35,7 +35,8 @@ def test_event_sequence_of_a_run(trained_run):
     assert started.scan_shape == (3, 3) and started.cached
     batches = of(ev, BatchEnd)
     assert [b.global_step for b in batches] == [1, 2]
-    assert set(batches[0].losses) == {"total", "mse", "l1", "contrastive", "divergence"}
+    assert set(batches[0].losses) == {"total", "mse", "l1", "contrastive", "divergence",
+                                      "balance", "correlation"}
     assert all(b.patterns_per_second > 0 for b in batches)
     (epoch,) = of(ev, EpochEnd)
     assert epoch.val and epoch.train["mse"] > 0 and epoch.lr == pytest.approx(trained_run.config.lr)
@@ -230,6 +231,38 @@ def test_prior_preset_starts_from_the_training_mean_pattern(tiny_dataset, tiny_c
     got = torch.sigmoid(model.decoder.prior_logit[0, 0])
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
     gen.close()
+
+
+def test_balanced_preset_fits_its_loss_on_training_patterns_and_checkpoints_it(
+        tiny_dataset, tiny_config, tmp_path):
+    from napari_4dstem_autoencoder.models.balance import principal_directions
+    from napari_4dstem_autoencoder.models.config import get_preset
+
+    path = tmp_path / "balanced.safetensors"
+    config = tiny_config(model=get_preset("balanced"), epochs=1, preview_max_positions=0,
+                         val_fraction=0.0, checkpoint_path=str(path))
+    ds = tiny_dataset(scan_shape=(4, 4))
+    gen = train(ds, config)
+    assert isinstance(next(gen), Started)
+    model = gen.gi_frame.f_locals["model"]
+    patterns = gen.gi_frame.f_locals["train_ds"].data[:, 0]
+    basis, variance = principal_directions(patterns, 0.01, 8)
+    k = basis.shape[0]
+    assert k >= 1
+    # the same directions (up to sign) and gains as a PCA of the training patterns
+    overlap = (model.balance.basis[:k].double() @ basis.T).abs()
+    torch.testing.assert_close(overlap.diagonal(), torch.ones(k, dtype=overlap.dtype),
+                               atol=1e-3, rtol=0)
+    expected_gain = (variance[0] / variance).clamp(max=100.0).float()
+    torch.testing.assert_close(model.balance.gains[:k], expected_gain, rtol=1e-4, atol=1e-4)
+    events = list(gen)
+    assert isinstance(events[-1], Finished)
+    assert all(b.losses["balance"] >= 0 for b in of(events, BatchEnd))
+    assert any(b.losses["correlation"] > 0 for b in of(events, BatchEnd))
+    loaded = load_checkpoint(path).model
+    assert loaded.config.name == "balanced"
+    torch.testing.assert_close(loaded.balance.basis, model.balance.basis.cpu())
+    torch.testing.assert_close(loaded.balance.extra_weight, model.balance.extra_weight.cpu())
 
 
 def test_previews_recalibrate_the_encoder_alone(tiny_dataset, tiny_config):

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .balance import BalancedReconstruction, correlation_penalty
 from .blocks import (
     AdaptiveDecoder,
     ContrastiveLoss,
@@ -110,6 +111,11 @@ class Autoencoder(nn.Module):
         self.decoder = Decoder(latent_dim, self.out_shape, cfg)
         self.contrastive = ContrastiveLoss(cfg.contrastive_margin)
         self.divergence = DivergenceLoss(cfg.divergence_eps, cfg.divergence_form)
+        self.balance = None
+        if cfg.reconstruction_weighting == "pca_balanced":
+            self.balance = BalancedReconstruction(
+                self.out_shape, cfg.balance_max_directions, cfg.balance_min_variance,
+                cfg.balance_max_gain)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(x)
@@ -133,10 +139,12 @@ class Autoencoder(nn.Module):
         lambda_sim: float | None = None,
         lambda_div: float | None = None,
     ) -> dict[str, torch.Tensor]:
-        """``L = MSE + λ_act·mean|z| + λ_sim·L_sim + λ_div·L_div`` and each component.
+        """``L = MSE + L_bal + λ_act·mean|z| + λ_sim·L_sim + λ_div·L_div + λ_corr·L_corr``.
 
-        The λ default to the config's values (the seed's 1e-4, 5e-5, 2e-4). Returned keys:
-        ``total``, ``mse``, ``l1``, ``contrastive``, ``divergence`` (unweighted components).
+        The λ default to the config's values (the seed's 1e-4, 5e-5, 2e-4; λ_corr 0).
+        ``L_bal`` is the PCA-balanced extra reconstruction error (0 unless the config asks for
+        it). Returned keys: ``total``, ``mse``, ``l1``, ``contrastive``, ``divergence``,
+        ``balance``, ``correlation`` (unweighted components).
         """
         cfg = self.config
         lambda_act = cfg.lambda_act if lambda_act is None else lambda_act
@@ -146,12 +154,26 @@ class Autoencoder(nn.Module):
         l1 = z.float().abs().mean()
         sim = self.contrastive(z.float())
         div = self.divergence(z)
-        total = mse + lambda_act * l1 + lambda_sim * sim + lambda_div * div
-        return {"total": total, "mse": mse, "l1": l1, "contrastive": sim, "divergence": div}
+        bal = self.balance(x, x_hat) if self.balance is not None else mse.new_zeros(())
+        corr = correlation_penalty(z) if cfg.lambda_corr else mse.new_zeros(())
+        total = (mse + bal + lambda_act * l1 + lambda_sim * sim + lambda_div * div
+                 + cfg.lambda_corr * corr)
+        return {"total": total, "mse": mse, "l1": l1, "contrastive": sim, "divergence": div,
+                "balance": bal, "correlation": corr}
 
     def set_output_prior(self, mean_pattern) -> None:
         """Set the decoder's mean-pattern prior (configs with ``output_prior="mean_pattern"``)."""
         self.decoder.set_output_prior(torch.as_tensor(mean_pattern))
+
+    def set_loss_balance(self, patterns) -> int:
+        """Fit the PCA-balanced loss on (N, H, W) preprocessed training patterns.
+
+        Returns the number of principal directions weighted up (configs with
+        ``reconstruction_weighting="pca_balanced"``).
+        """
+        if self.balance is None:
+            raise ValueError("this model's config does not use the PCA-balanced loss")
+        return self.balance.set_from_patterns(torch.as_tensor(patterns))
 
     def num_parameters(self) -> int:
         return count_parameters(self)

@@ -18,6 +18,7 @@ DecoderCanvas = Literal["fixed256", "target"]
 DivergenceForm = Literal["inverse_variance", "log_variance", "std_hinge", "std_hinge_decorrelate"]
 DIVERGENCE_FORMS = ("inverse_variance", "log_variance", "std_hinge", "std_hinge_decorrelate")
 OutputPrior = Literal["none", "mean_pattern"]
+ReconstructionWeighting = Literal["uniform", "pca_balanced"]
 
 MIN_INPUT_SIZE = 32
 
@@ -49,6 +50,15 @@ class ModelConfig:
         the logit of the training data's mean pattern is added before the sigmoid (a fixed
         buffer, set once from the data; no parameters), so an untrained decoder already
         outputs the mean pattern and training spends its steps on how patterns *differ*.
+    reconstruction_weighting / balance_*:
+        ``"uniform"`` (seed): plain MSE. ``"pca_balanced"``: the error along the training
+        data's leading principal directions (those carrying at least ``balance_min_variance``
+        of the variance, at most ``balance_max_directions``) is weighted up to the variance
+        of the first, by at most ``balance_max_gain`` (``models/balance.py``; fixed buffers
+        set once from the data, no parameters).
+    lambda_corr:
+        weight of the mean squared off-diagonal correlation between embedding dimensions
+        (``models.balance.correlation_penalty``; 0 in the seed).
     """
 
     name: str = "seed"
@@ -62,6 +72,11 @@ class ModelConfig:
     lambda_sim: float = 5e-5
     lambda_div: float = 2e-4
     output_prior: OutputPrior = "none"
+    reconstruction_weighting: ReconstructionWeighting = "uniform"
+    balance_min_variance: float = 0.01
+    balance_max_directions: int = 8
+    balance_max_gain: float = 100.0
+    lambda_corr: float = 0.0
 
     def __post_init__(self) -> None:
         if self.pool_schedule not in ("quarter", "to4"):
@@ -77,6 +92,16 @@ class ModelConfig:
             raise ValueError("latent_dim must be 32 (the documented network)")
         if self.divergence_eps <= 0:
             raise ValueError("divergence_eps must be positive")
+        if self.reconstruction_weighting not in ("uniform", "pca_balanced"):
+            raise ValueError(f"unknown reconstruction_weighting {self.reconstruction_weighting!r}")
+        if not 0 < self.balance_min_variance < 1:
+            raise ValueError("balance_min_variance must be a fraction between 0 and 1")
+        if int(self.balance_max_directions) < 1:
+            raise ValueError("balance_max_directions must be at least 1")
+        if not self.balance_max_gain >= 1:
+            raise ValueError("balance_max_gain must be at least 1")
+        if self.lambda_corr < 0:
+            raise ValueError("lambda_corr must be non-negative")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -108,6 +133,9 @@ SEED = ModelConfig()
 #: - ``prior``: ``decorrelated`` + the mean-pattern output prior (measured on this CPU: the
 #:   decoder starts at the mean pattern's PSNR instead of ~7 dB, and embeddings cluster far
 #:   better after one epoch). Pair it with the training defaults (lr 1e-4, BN recalibration).
+#: - ``balanced``: ``prior`` + the PCA-balanced reconstruction loss + a penalty on correlation
+#:   between embedding dimensions (measured on this CPU: k-means no longer splits a grain
+#:   along its thickness gradient before it separates a strained region; docs/model.md).
 POOLED4 = SEED.replace(name="pooled4", pool_schedule="to4")
 FAST = POOLED4.replace(name="fast", decoder_canvas="target")
 STABLE = FAST.replace(name="stable", divergence_form="std_hinge", divergence_eps=1e-4,
@@ -115,9 +143,12 @@ STABLE = FAST.replace(name="stable", divergence_form="std_hinge", divergence_eps
 CONTRAST = STABLE.replace(name="contrast", contrastive_margin=0.5, lambda_sim=1e-3)
 DECORRELATED = STABLE.replace(name="decorrelated", divergence_form="std_hinge_decorrelate")
 PRIOR = DECORRELATED.replace(name="prior", output_prior="mean_pattern")
+BALANCED = PRIOR.replace(name="balanced", reconstruction_weighting="pca_balanced",
+                         lambda_corr=1e-2)
 
 PRESETS: dict[str, ModelConfig] = {
-    c.name: c for c in (SEED, POOLED4, FAST, STABLE, CONTRAST, DECORRELATED, PRIOR)
+    c.name: c for c in (SEED, POOLED4, FAST, STABLE, CONTRAST, DECORRELATED, PRIOR,
+                         BALANCED)
 }
 
 DEFAULT_PRESET = "prior"

@@ -43,7 +43,7 @@ from .events import (BatchEnd, CheckpointSaved, EpochEnd, Event, Failed, Finishe
 
 log = logging.getLogger(__name__)
 
-LOSS_KEYS = ("total", "mse", "l1", "contrastive", "divergence")
+LOSS_KEYS = ("total", "mse", "l1", "contrastive", "divergence", "balance", "correlation")
 _PREVIEW_MAX_BYTES = 256 * 1024**2
 
 
@@ -103,15 +103,33 @@ def embed_tensor(model: Autoencoder, x: torch.Tensor, device: torch.device, prec
     return torch.cat(out).numpy()
 
 
-def _mean_pattern(train_ds, view, preprocessor, train_idx: np.ndarray, seed: int,
-                  max_patterns: int = 1024) -> torch.Tensor:
-    """Mean preprocessed training pattern (H, W), from up to ``max_patterns`` positions."""
+def _reference_patterns(train_ds, view, preprocessor, train_idx: np.ndarray, seed: int,
+                        max_patterns: int = 1024) -> torch.Tensor:
+    """Up to ``max_patterns`` preprocessed training patterns (N, H, W), a seeded random subset.
+
+    What the data-derived buffers (output prior, balanced loss) are computed from.
+    """
+    rng = np.random.default_rng(seed)
     if isinstance(train_ds, CachedPatterns):
-        return train_ds.data.mean(dim=(0, 1))
+        data = train_ds.data
+        if data.shape[0] > max_patterns:
+            data = data[torch.from_numpy(np.sort(rng.choice(data.shape[0], max_patterns,
+                                                            replace=False)))]
+        return data[:, 0]
     idx = train_idx
     if idx.size > max_patterns:
-        idx = np.sort(np.random.default_rng(seed).choice(idx, size=max_patterns, replace=False))
-    return CachedPatterns.load(view, preprocessor, idx).data.mean(dim=(0, 1))
+        idx = np.sort(rng.choice(idx, size=max_patterns, replace=False))
+    return CachedPatterns.load(view, preprocessor, idx).data[:, 0]
+
+
+def _set_data_buffers(model: Autoencoder, patterns: torch.Tensor) -> None:
+    """Fit the config's data-derived buffers (no parameters) on reference patterns."""
+    if model.config.output_prior == "mean_pattern":
+        model.set_output_prior(patterns.mean(dim=0))
+    if model.config.reconstruction_weighting == "pca_balanced":
+        kept = model.set_loss_balance(patterns)
+        log.info("balanced loss: %d principal directions weighted up to the first's variance",
+                 kept)
 
 
 @torch.inference_mode()
@@ -197,8 +215,10 @@ def train(
                         config=model_config)
     if resumed is not None:
         model.load_state_dict(resumed.model.state_dict())
-    elif model_config.output_prior == "mean_pattern":
-        model.set_output_prior(_mean_pattern(train_ds, view, preprocessor, split.train, config.seed))
+    elif (model_config.output_prior == "mean_pattern"
+          or model_config.reconstruction_weighting == "pca_balanced"):
+        _set_data_buffers(model, _reference_patterns(train_ds, view, preprocessor, split.train,
+                                                     config.seed))
     use_sync_bn = ctx.enabled and device.type == "cuda" and config.sync_batchnorm in (True, "auto")
     if use_sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
