@@ -57,7 +57,7 @@ from napari_4dstem_autoencoder.analysis.clustering import (
 )
 from napari_4dstem_autoencoder.io.dataset import Dataset4D
 from napari_4dstem_autoencoder.io.preprocess import PreprocessConfig, Preprocessor
-from napari_4dstem_autoencoder.models.config import DEFAULT_PRESET, PRESETS
+from napari_4dstem_autoencoder.models.config import DEFAULT_PRESET, PRESETS, ModelConfig, get_preset
 from napari_4dstem_autoencoder.training.config import TrainConfig
 from napari_4dstem_autoencoder.training.engine import train
 from napari_4dstem_autoencoder.training.events import BatchEnd, Failed, Finished, Started
@@ -105,6 +105,7 @@ class Row:
     embed_patterns_per_s: float
     final_losses: dict[str, float] = field(default_factory=dict)
     per_class: dict[str, list[float]] = field(default_factory=dict)
+    model_changes: dict[str, Any] = field(default_factory=dict)
 
 
 def load_sim(path: Path) -> Task:
@@ -220,8 +221,9 @@ def evaluate(task: Task, x: np.ndarray, model: torch.nn.Module, device: torch.de
 def train_and_score(task: Task, preset: str, seed: int, budgets: list[float], args,
                     x: np.ndarray, baseline: tuple[float, float]) -> list[Row]:
     marks = sorted(budgets)
+    model = get_preset(preset).replace(**args.model_set) if args.model_set else None
     config = TrainConfig(
-        preset=preset, preprocess=args.preprocess, epochs=100_000, batch_size=args.batch_size,
+        preset=preset, model=model, preprocess=args.preprocess, epochs=100_000, batch_size=args.batch_size,
         lr=args.lr, lr_schedule="constant", seed=seed, device=args.device, val_fraction=0.0,
         preview_every_seconds=None, preview_every_steps=None, preview_max_positions=1,
         checkpoint_path=None)
@@ -288,7 +290,7 @@ def make_row(task, preset, seed, budget, args, engine_time, seen, rates, losses,
                train_patterns_per_s=float(median(rates)) if rates else float("nan"),
                baseline_ari_all=baseline[0], baseline_ari_core=baseline[1],
                final_losses={k: float(v) for k, v in losses.items()}, per_class=per_class,
-               **scores)
+               model_changes=dict(args.model_set), **scores)
 
 
 HEADER = (f"{'data':6} {'preset':9} {'seed':>4} {'min':>5} {'pat/s':>6} {'epochs':>6} "
@@ -297,7 +299,7 @@ HEADER = (f"{'data':6} {'preset':9} {'seed':>4} {'min':>5} {'pat/s':>6} {'epochs
 
 
 def print_row(r: Row, flush: bool = False) -> None:
-    cfg = PRESETS[r.preset]
+    cfg = PRESETS[r.preset].replace(**r.model_changes)
     div = r.final_losses.get("divergence", float("nan")) * cfg.lambda_div
     print(f"{r.dataset:6} {r.preset:9} {r.seed:>4} {r.budget_min:>5g} {r.train_patterns_per_s:>6.1f} "
           f"{r.epochs_seen:>6.2f} {r.ari_all:>5.3f} {r.ari_core:>5.3f} {r.ari_raw_all:>5.3f} "
@@ -339,6 +341,21 @@ def save(rows: list[Row], out: Path) -> None:
             w.writerows(flat)
 
 
+def parse_model_set(items: list[str]) -> dict[str, Any]:
+    """``["lambda_corr=0.1", ...]`` -> ``{"lambda_corr": 0.1}``, typed like ModelConfig's fields."""
+    fields = {f.name: f for f in ModelConfig.__dataclass_fields__.values()}
+    out: dict[str, Any] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or name not in fields or name == "name":
+            raise ValueError(f"--set {item!r}: expected FIELD=VALUE with FIELD one of "
+                             f"{sorted(set(fields) - {'name'})}")
+        default = getattr(ModelConfig(), name)
+        out[name] = type(default)(value) if not isinstance(default, str) else value
+    ModelConfig().replace(**out)  # validates the values
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--presets", default=",".join(PRESETS), help="comma-separated preset names")
@@ -357,7 +374,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="write OUT.json and OUT.csv")
     ap.add_argument("--dump", type=Path, default=None,
                     help="save each mark's embeddings, labels and core mask to DUMP/*.npz")
+    ap.add_argument("--set", dest="model_set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="change a model-config field of every preset (screening), e.g. "
+                         "--set lambda_corr=0.1; repeatable")
     args = ap.parse_args(argv)
+    try:
+        args.model_set = parse_model_set(args.model_set)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
     presets = [p for p in args.presets.split(",") if p]
     unknown = [p for p in presets if p not in PRESETS]
@@ -373,7 +398,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, "
           f"{platform.processor() or platform.machine()}, default preset {DEFAULT_PRESET!r}")
     print(f"batch {args.batch_size}, Adam lr {args.lr} constant, log + normalise, "
-          f"detector bin {args.detector_bin}; budgets {budgets} min; seeds {seeds}\n")
+          f"detector bin {args.detector_bin}; budgets {budgets} min; seeds {seeds}"
+          + (f"; model fields changed: {args.model_set}" if args.model_set else "") + "\n")
 
     rows: list[Row] = []
     for name in args.datasets.split(","):
