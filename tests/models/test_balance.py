@@ -34,8 +34,8 @@ def test_principal_directions_recovers_directions_and_variances():
     basis, var = principal_directions(x, min_variance=1e-6, max_directions=3)
     assert basis.shape == (3, 64)
     torch.testing.assert_close(basis @ basis.T, torch.eye(3, dtype=basis.dtype),
-                               atol=1e-8, rtol=0)
-    assert torch.allclose((basis * u).sum(1).abs(), torch.ones(3, dtype=basis.dtype), atol=1e-3)
+                               atol=1e-4, rtol=0)
+    assert torch.allclose((basis * u.float()).sum(1).abs(), torch.ones(3), atol=1e-3)
     torch.testing.assert_close(var, torch.tensor([9.0, 1.0, 9e-4], dtype=var.dtype), rtol=0.15,
                                atol=0)
 
@@ -83,6 +83,19 @@ def test_balanced_loss_is_zero_until_fitted_and_checks_its_inputs():
         loss.set_from_patterns(bad)
     with pytest.raises(ValueError, match="max_gain"):
         BalancedReconstruction(SHAPE, max_gain=0.5)
+
+
+def test_large_pattern_sets_are_fitted_on_an_evenly_spaced_subset(monkeypatch):
+    import napari_4dstem_autoencoder.models.balance as balance
+
+    seen = []
+    real = balance.principal_directions
+    monkeypatch.setattr(balance, "principal_directions",
+                        lambda p, *a: seen.append(p.shape[0]) or real(p, *a))
+    monkeypatch.setattr(balance, "MAX_FIT_ELEMENTS", 64 * 100)  # 100 patterns of 8x8
+    x, _ = _patterns(n=1000)
+    assert BalancedReconstruction(SHAPE).set_from_patterns(x) == 2
+    assert seen == [100]
 
 
 def test_constant_patterns_keep_no_directions():

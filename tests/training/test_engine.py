@@ -250,7 +250,7 @@ def test_balanced_preset_fits_its_loss_on_training_patterns_and_checkpoints_it(
     k = basis.shape[0]
     assert k >= 1
     # the same directions (up to sign) and gains as a PCA of the training patterns
-    overlap = (model.balance.basis[:k].double() @ basis.T).abs()
+    overlap = (model.balance.basis[:k] @ basis.T).abs()
     torch.testing.assert_close(overlap.diagonal(), torch.ones(k, dtype=overlap.dtype),
                                atol=1e-3, rtol=0)
     expected_gain = (variance[0] / variance).clamp(max=100.0).float()

@@ -19,29 +19,35 @@ import torch
 from torch import nn
 
 
+#: largest patterns x pixels array the directions are fitted on (float32: 256 MiB); beyond
+#: it an evenly spaced subset of the patterns is used (e.g. 1,024 patterns up to 256x256)
+MAX_FIT_ELEMENTS = 2**26
+
+
 def principal_directions(patterns: torch.Tensor, min_variance: float = 0.01,
                          max_directions: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
     """Leading principal directions of ``patterns`` (N, ...) and their variances.
 
-    Returns ``(basis, variance)``: ``basis`` is (K, D) with orthonormal rows (D = pixels per
-    pattern), ``variance`` (K,) in decreasing order, keeping the directions that carry at least
-    ``min_variance`` of the total variance, at most ``max_directions``. Computed from the
-    (N, N) Gram matrix, so it is cheap for large patterns.
+    Returns ``(basis, variance)``: ``basis`` is (K, D) float32 with orthonormal rows (D =
+    pixels per pattern), ``variance`` (K,) float64 in decreasing order, keeping the directions
+    that carry at least ``min_variance`` of the total variance, at most ``max_directions``.
+    Computed from the (N, N) Gram matrix, so it is cheap for large patterns.
     """
-    x = torch.as_tensor(patterns).detach().to(torch.float64)
+    x = torch.as_tensor(patterns).detach().to("cpu", torch.float32)
     n = x.shape[0]
     if n < 2:
         raise ValueError("principal directions need at least 2 patterns")
     x = x.reshape(n, -1)
+    scale = float(x.double().pow(2).sum())
     x = x - x.mean(dim=0)
-    eigval, eigvec = torch.linalg.eigh(x @ x.T)  # ascending
+    eigval, eigvec = torch.linalg.eigh((x @ x.T).double())  # ascending
     eigval, eigvec = eigval.flip(0).clamp_min(0), eigvec.flip(1)
     total = float(eigval.sum())
-    if total <= 0:
-        return x.new_zeros((0, x.shape[1])), x.new_zeros(0)
+    if total <= 1e-10 * scale:  # constant patterns, up to float32 rounding
+        return x.new_zeros((0, x.shape[1])), eigval.new_zeros(0)
     keep = int(((eigval / total) >= min_variance)[:max_directions].sum())
     eigval, eigvec = eigval[:keep], eigvec[:, :keep]
-    basis = (eigvec.T @ x) / eigval.sqrt()[:, None]
+    basis = (eigvec.T.float() @ x) / eigval.sqrt().float()[:, None]
     return basis, eigval / (n - 1)
 
 
@@ -85,6 +91,8 @@ class BalancedReconstruction(nn.Module):
                              f"{self.out_shape}")
         if not bool(torch.isfinite(patterns).all()):
             raise ValueError("the patterns contain NaN or Inf values")
+        step = -(-patterns.shape[0] * self.basis.shape[1] // MAX_FIT_ELEMENTS)
+        patterns = patterns[::max(1, step)]
         basis, variance = principal_directions(patterns, self.min_variance,
                                                self.basis.shape[0])
         k = basis.shape[0]
@@ -123,4 +131,5 @@ def correlation_penalty(z: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     return off.pow(2).sum() / (d * (d - 1))
 
 
-__all__ = ["BalancedReconstruction", "correlation_penalty", "principal_directions"]
+__all__ = ["MAX_FIT_ELEMENTS", "BalancedReconstruction", "correlation_penalty",
+           "principal_directions"]
