@@ -167,6 +167,29 @@ def test_the_dock_starts_with_the_library_clustering_scale():
     assert CLUSTER_STANDARDISE_DEFAULT is STANDARDISE_DEFAULT
 
 
+def test_latent_maps_accept_a_new_clustering_as_soon_as_one_is_shown(make_napari_viewer, qtbot,
+                                                                     checkpoint, open_dock):
+    # a listener of `clustered` that clusters again must not be ignored (the dock used to
+    # stay busy until the worker's `finished` arrived, after `clustered`)
+    viewer, _ = _viewer_with_model(make_napari_viewer, checkpoint)
+    latent = open_dock(viewer, "Latent maps")
+    latent.n_clusters.setValue(2)
+    again = []
+
+    def recluster(_labels):
+        if not again:
+            latent.n_clusters.setValue(3)
+            again.append(latent.cluster())
+
+    latent.clustered.connect(recluster)
+    with qtbot.waitSignals([latent.clustered, latent.clustered], timeout=60_000):
+        latent.cluster()
+    assert again and again[0] is not None
+    qtbot.waitUntil(lambda: latent.labels is not None and latent.labels.max() == 2,
+                    timeout=60_000)
+    qtbot.waitUntil(lambda: latent.cluster_button.isEnabled(), timeout=10_000)
+
+
 def test_latent_maps_composite_clusters_and_export(make_napari_viewer, qtbot, tmp_path, checkpoint,
                                                   open_dock, monkeypatch):
     viewer, state = _viewer_with_model(make_napari_viewer, checkpoint)

@@ -193,13 +193,21 @@ class LatentMapsWidget(QWidget):
             means = class_mean_patterns(view, labels, n_clusters=k, preprocessor=prep)
             return labels, np.asarray(means)
 
-        def done() -> None:
-            self._cluster_worker = None
-            self.cluster_button.setEnabled(self.state.embeddings is not None)
+        def release() -> None:
+            if self._cluster_worker is worker:
+                self._cluster_worker = None
+            self.cluster_button.setEnabled(
+                self._cluster_worker is None and self.state.embeddings is not None)
 
-        self._cluster_worker = start_function(work, what="Clustering", on_result=self._show_clusters,
-                                              on_finished=done, owner=self)
-        return self._cluster_worker
+        def show(result: tuple[np.ndarray, np.ndarray]) -> None:
+            # free the dock before `clustered` is emitted: a listener may cluster again at once
+            release()
+            self._show_clusters(result)
+
+        worker = start_function(work, what="Clustering", on_result=show, on_finished=release,
+                                owner=self)
+        self._cluster_worker = worker
+        return worker
 
     def _show_clusters(self, result: tuple[np.ndarray, np.ndarray]) -> None:
         labels, means = result

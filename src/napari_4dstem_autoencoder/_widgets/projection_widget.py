@@ -138,17 +138,20 @@ class ProjectionWidget(QWidget):
         self.project_button.setEnabled(False)
 
         def done() -> None:
-            self._worker = None
-            self.project_button.setEnabled(self.state.embeddings is not None)
+            if self._worker is worker:
+                self._worker = None
+            self.project_button.setEnabled(
+                self._worker is None and self.state.embeddings is not None)
 
         def result(points: np.ndarray, emb: np.ndarray = emb) -> None:
+            done()  # free the dock before `projected` is emitted: a listener may project again
             if emb is self.state.embeddings:
                 self._show_points(points)
 
-        self._worker = start_function(backend.project, emb, self.method.currentText(),
-                                      what="Projection", on_result=result, on_finished=done,
-                                      owner=self)
-        return self._worker
+        worker = start_function(backend.project, emb, self.method.currentText(),
+                                what="Projection", on_result=result, on_finished=done, owner=self)
+        self._worker = worker
+        return worker
 
     def _show_points(self, points: np.ndarray) -> None:
         self.points = np.asarray(points, dtype=np.float32)
