@@ -10,7 +10,9 @@ next to a PCA(10) + k-means baseline on the same preprocessed patterns. Also pri
 and effective latent dimensions, reconstruction PSNR/SSIM (scikit-image, data range 1),
 training patterns/s and the final loss terms, and a linear probe (``probe``: ARI of
 cross-validated LDA predictions from the embeddings, which uses the labels) that tells "the
-information is not in the embedding" from "k-means misses it".
+information is not in the embedding" from "k-means misses it". Spectral clustering on a
+10-nearest-neighbour graph (``spectral``, in the summary and the JSON/CSV) is scored on the
+embeddings and, in the dataset header, on the PCA(10) scores.
 
 Datasets: ``sim`` = ../shared/data/sim/abtem_three_region.h5 (``data_counts``, ``labels``,
 core = ``boundary_distance >= 4`` A) and ``sample`` = the project's synthetic sample
@@ -55,6 +57,7 @@ from napari_4dstem_autoencoder.analysis.clustering import (
     per_class_reconstruction_quality,
     reconstruction_quality,
 )
+from napari_4dstem_autoencoder.analysis.projection import prepare_features
 from napari_4dstem_autoencoder.io.dataset import Dataset4D
 from napari_4dstem_autoencoder.io.preprocess import PreprocessConfig, Preprocessor
 from napari_4dstem_autoencoder.models.config import DEFAULT_PRESET, PRESETS, ModelConfig, get_preset
@@ -95,6 +98,7 @@ class Row:
     ari_raw_all: float
     ari_raw_core: float
     ari_gmm_all: float
+    ari_spectral_all: float
     probe_ari: float
     baseline_ari_all: float
     baseline_ari_core: float
@@ -187,6 +191,22 @@ def engine_model(gen) -> torch.nn.Module | None:
     return model if isinstance(model, torch.nn.Module) else None
 
 
+def spectral_ari(features: np.ndarray, labels: np.ndarray, k: int, seed: int) -> float:
+    """ARI of spectral clustering on a 10-nearest-neighbour graph (follows connected clusters).
+
+    Benchmark only: scored on the embeddings and on PCA's scores alike (docs/model.md).
+    """
+    import warnings
+
+    from sklearn.cluster import SpectralClustering
+
+    with warnings.catch_warnings():  # "graph is not fully connected": separate classes do that
+        warnings.simplefilter("ignore", UserWarning)
+        pred = SpectralClustering(k, affinity="nearest_neighbors", n_neighbors=10,
+                                  assign_labels="cluster_qr", random_state=seed).fit_predict(features)
+    return adjusted_rand(labels, pred.reshape(labels.shape))
+
+
 def evaluate(task: Task, x: np.ndarray, model: torch.nn.Module, device: torch.device,
              seed: int, recon_idx: np.ndarray) -> dict[str, Any]:
     z, recon, rate = run_model(model, x, device, recon_idx)
@@ -200,6 +220,11 @@ def evaluate(task: Task, x: np.ndarray, model: torch.nn.Module, device: torch.de
         ari_gmm = adjusted_rand(task.labels, gmm)
     except ValueError:  # e.g. a fully collapsed latent
         ari_gmm = float("nan")
+    try:
+        ari_spectral = spectral_ari(prepare_features(z, standardise=True), task.labels,
+                                    task.n_clusters, seed)
+    except ValueError:
+        ari_spectral = float("nan")
     psnr, ssim = reconstruction_quality(x[recon_idx], recon)
     per_class = per_class_reconstruction_quality(
         x[recon_idx], recon, task.labels.ravel()[recon_idx])
@@ -209,6 +234,7 @@ def evaluate(task: Task, x: np.ndarray, model: torch.nn.Module, device: torch.de
         "ari_raw_all": adjusted_rand(task.labels, raw),
         "ari_raw_core": adjusted_rand(task.labels, raw, mask=task.core),
         "ari_gmm_all": ari_gmm,
+        "ari_spectral_all": ari_spectral,
         "probe_ari": linear_probe_ari(z, task.labels),
         "live_dims": live_dimensions(z),
         "effective_dims": effective_dimensions(z),
@@ -321,7 +347,7 @@ def summarise(rows: list[Row]) -> None:
             return f"{median(v):.3f} [{min(v):.3f}..{max(v):.3f}]"
 
         print(f"{d:6} {p:9} {b:>5g} min  n={len(sel)}  ARI {s('ari_all')}  core {s('ari_core')}"
-              f"  raw {s('ari_raw_all')}  probe {s('probe_ari')}"
+              f"  raw {s('ari_raw_all')}  spectral {s('ari_spectral_all')}  probe {s('probe_ari')}"
               f"  PCA {sel[0].baseline_ari_all:.3f}/{sel[0].baseline_ari_core:.3f}"
               f"  live {s('live_dims')}  PSNR {s('psnr')}")
 
@@ -414,7 +440,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{task.name}: {x.shape[0]} patterns of {x.shape[1]}x{x.shape[2]}, "
               f"{task.n_clusters} classes, core {int(task.core.sum())} positions; "
               f"PCA(10)+k-means ARI {baseline[0]:.3f} all, {baseline[1]:.3f} core; "
-              f"probe on PCA(10) {linear_probe_ari(pca_scores, task.labels):.3f}")
+              f"probe on PCA(10) {linear_probe_ari(pca_scores, task.labels):.3f}; spectral "
+              f"clustering on PCA(10) {spectral_ari(pca_scores, task.labels, task.n_clusters, 0):.3f}")
         print(HEADER, flush=True)
         for preset in presets:
             for seed in seeds:
