@@ -19,12 +19,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from sklearn.cluster import KMeans, SpectralClustering
+from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA
 from sklearn.mixture import GaussianMixture
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from eval_presets import SIM_PATH, load_sample, load_sim, preprocess_all  # noqa: E402
+from eval_presets import (SIM_PATH, load_sample, load_sim, preprocess_all,  # noqa: E402
+                          spectral_ari)
 
 from napari_4dstem_autoencoder.analysis.clustering import adjusted_rand  # noqa: E402
 from napari_4dstem_autoencoder.io.preprocess import PreprocessConfig, Preprocessor  # noqa: E402
@@ -37,10 +38,9 @@ def scores_for(x: np.ndarray, labels: np.ndarray, k: int, n_components: int,
     km = KMeans(k, n_init=10, random_state=seed).fit_predict(feats)
     gmm = GaussianMixture(k, covariance_type="full", n_init=3, reg_covar=1e-4,
                           random_state=seed).fit_predict(feats)
-    spectral = SpectralClustering(k, affinity="nearest_neighbors", n_neighbors=10,
-                                  assign_labels="cluster_qr", random_state=seed).fit_predict(feats)
     truth = labels.ravel()
-    return adjusted_rand(truth, km), adjusted_rand(truth, gmm), adjusted_rand(truth, spectral)
+    return (adjusted_rand(truth, km), adjusted_rand(truth, gmm),
+            spectral_ari(feats, labels, k, seed))
 
 
 def main(argv: list[str] | None = None) -> int:
