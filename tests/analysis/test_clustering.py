@@ -14,7 +14,9 @@ from napari_4dstem_autoencoder.analysis.clustering import (
     effective_dimensions,
     linear_probe_ari,
     live_dimensions,
+    match_labels,
     pca_kmeans_baseline,
+    pca_scores,
     per_class_reconstruction_quality,
     project_2d,
     reconstruction_quality,
@@ -158,6 +160,78 @@ def test_baseline_matches_the_published_simulation_figures(sim_three_region_path
     labels = pca_kmeans_baseline(x, 3, n_components=10, seed=0)
     assert adjusted_rand(truth, labels, mask=core) == pytest.approx(1.0)
     assert adjusted_rand(truth, labels) == pytest.approx(0.919, abs=0.01)
+
+
+def low_rank_patterns(n: int = 240, size: int = 12, seed: int = 0):
+    """Patterns = mean + three fixed images with decreasing weights + a little noise."""
+    rng = np.random.default_rng(seed)
+    basis = rng.normal(size=(3, size * size))
+    weights = rng.normal(size=(n, 3)) * np.array([5.0, 2.0, 1.0])
+    x = 3.0 + weights @ basis + 0.05 * rng.normal(size=(n, size * size))
+    return x.reshape(n, size, size).astype(np.float32), weights
+
+
+def test_pca_scores_recover_the_generating_components_exactly_and_streamed():
+    patterns, weights = low_rank_patterns()
+    scan = patterns.reshape(12, 20, 12, 12)
+    exact, explained = pca_scores(scan, n_components=5)
+    assert exact.shape == (12, 20, 5) and exact.dtype == np.float32
+    assert explained.shape == (5,) and explained[:3].sum() > 0.99 and explained[3] < 0.01
+    # each leading score is (up to sign) a linear function of the generating weights
+    flat = exact.reshape(-1, 5)
+    for c in range(3):
+        fit = np.linalg.lstsq(np.c_[weights, np.ones(len(weights))], flat[:, c], rcond=None)
+        residual = flat[:, c] - np.c_[weights, np.ones(len(weights))] @ fit[0]
+        assert residual.std() < 0.02 * flat[:, c].std()
+    # a lazily read scan too large for the in-memory limit is fitted incrementally, in chunks
+    ds = Dataset4D(da.from_array(scan, chunks=(3, 20, 12, 12)))
+    streamed, explained_s = pca_scores(ds, n_components=5, chunk_size=40, max_in_memory_bytes=0)
+    assert streamed.shape == (12, 20, 5)
+    for c in range(3):
+        r = np.corrcoef(exact[..., c].ravel(), streamed[..., c].ravel())[0, 1]
+        assert abs(r) > 0.999
+    np.testing.assert_allclose(explained_s[:3], explained[:3], atol=0.01)
+
+
+def test_pca_scores_of_a_dataset_are_those_of_its_preprocessed_patterns():
+    class Halver:
+        def transform_patterns(self, raw):
+            return np.asarray(raw, dtype=np.float32)[:, ::2, ::2]
+
+    patterns, _ = low_rank_patterns(n=60, size=12)
+    ds = Dataset4D(da.from_array(patterns.reshape(6, 10, 12, 12), chunks=(2, 10, 12, 12)))
+    scores, _ = pca_scores(ds, n_components=4, preprocessor=Halver(), chunk_size=20)
+    expected, _ = pca_scores(patterns[:, ::2, ::2].reshape(6, 10, 6, 6), n_components=4)
+    np.testing.assert_allclose(scores, expected, rtol=1e-4, atol=1e-4)
+    # the baseline is k-means on exactly these scores
+    truth = np.repeat(np.arange(3), 30)
+    discs, _ = disc_patterns(truth)
+    from sklearn.cluster import KMeans
+
+    direct = KMeans(3, n_init=10, random_state=0).fit_predict(pca_scores(discs, 10)[0])
+    assert adjusted_rand(direct, pca_kmeans_baseline(discs, 3)) == pytest.approx(1.0)
+
+
+def test_pca_scores_reject_bad_input():
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        pca_scores(np.full((4, 8, 8), np.nan, dtype=np.float32))
+    with pytest.raises(ValueError, match=r"\(N, Qy, Qx\)"):
+        pca_scores(np.zeros((4, 8), dtype=np.float32))
+
+
+def test_match_labels_renames_clusters_to_their_partners_without_changing_the_partition():
+    reference = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2])
+    permuted = np.array([2, 2, 2, 0, 0, 0, 1, 1, 1])
+    np.testing.assert_array_equal(match_labels(reference, permuted), reference)
+    # one position moved, and a fourth cluster with no partner: it gets the next free id
+    other = np.array([5, 5, 7, 1, 1, 1, 3, 3, 9]).reshape(3, 3)
+    matched = match_labels(reference, other)
+    assert matched.shape == (3, 3)
+    np.testing.assert_array_equal(matched.ravel()[[0, 1, 3, 4, 5, 6, 7]], [0, 0, 1, 1, 1, 2, 2])
+    assert set(matched.ravel()[[2, 8]]) == {3, 4}
+    assert adjusted_rand(other, matched) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="differ in size"):
+        match_labels(reference, permuted[:4])
 
 
 # -- class means -------------------------------------------------------------------------

@@ -238,6 +238,55 @@ def test_latent_maps_composite_clusters_and_export(make_napari_viewer, qtbot, tm
     np.testing.assert_array_equal(stack, np.moveaxis(state.embeddings, -1, 0))
 
 
+def test_latent_maps_compare_the_clusters_with_pca_of_the_patterns(
+        make_napari_viewer, qtbot, tmp_path, checkpoint, open_dock, monkeypatch):
+    from napari_4dstem_autoencoder.analysis.clustering import (
+        adjusted_rand,
+        cluster_embeddings,
+        match_labels,
+        pca_scores,
+    )
+    from napari_4dstem_autoencoder.analysis.export import read_results
+
+    viewer, state = _viewer_with_model(make_napari_viewer, checkpoint)
+    latent = open_dock(viewer, "Latent maps")
+    latent.n_clusters.setValue(3)
+    latent.compare_pca.setChecked(True)
+    calls = []
+    real_scores = backend.pca_scores
+
+    def counting(*args, **kwargs):
+        calls.append(args)
+        return real_scores(*args, **kwargs)
+
+    monkeypatch.setattr(backend, "pca_scores", counting)
+    with qtbot.waitSignal(latent.clustered, timeout=60_000):
+        latent.cluster()
+    prep = state.model.preprocessor
+    scores, explained = pca_scores(prep.scan_view(state.dataset), 10, preprocessor=prep)
+    expected = match_labels(latent.labels, cluster_embeddings(scores, 3))
+    np.testing.assert_array_equal(latent.pca_labels, expected)
+    layer = viewer.layers["PCA clusters"]
+    assert layer.data.shape == (GRID, GRID) and not layer.visible
+    np.testing.assert_array_equal(layer.data, expected + 1)
+    assert latent.agreement == pytest.approx(adjusted_rand(latent.labels, expected))
+    assert f"adjusted Rand index {latent.agreement:.2f}" in latent.cluster_info.text()
+    assert f"{100 * explained.sum():.0f} % of their variance" in latent.cluster_info.text()
+    results = read_results(latent.export(tmp_path / "maps.h5"))
+    np.testing.assert_array_equal(results["extra"]["pca_cluster_labels"], latent.pca_labels)
+
+    # another k reuses the scores; a clustering without the comparison drops the stale layer
+    latent.n_clusters.setValue(2)
+    with qtbot.waitSignal(latent.clustered, timeout=60_000):
+        latent.cluster()
+    assert len(calls) == 1 and latent.pca_labels.max() <= 1
+    latent.compare_pca.setChecked(False)
+    with qtbot.waitSignal(latent.clustered, timeout=60_000):
+        latent.cluster()
+    assert "PCA clusters" not in viewer.layers and latent.pca_labels is None
+    assert latent.cluster_info.text() == ""
+
+
 def test_data_dock_preview_and_virtual_detectors(make_napari_viewer, qtbot, open_dock):
     from napari_4dstem_autoencoder.analysis import virtual
 

@@ -139,6 +139,24 @@ def cluster(embeddings: np.ndarray, n_clusters: int, method: str, seed: int = 0,
                                          standardise=standardise))
 
 
+def pca_scores(view: Any, preprocessor: Any, n_components: int) -> tuple[np.ndarray, np.ndarray]:
+    """PCA scores ``(Ry, Rx, n)`` of the (preprocessed) patterns and their explained variance."""
+    from ..analysis.clustering import pca_scores as scores
+
+    return scores(view, n_components, preprocessor=preprocessor)
+
+
+def compare_with_pca(labels: np.ndarray, pca: tuple[np.ndarray, np.ndarray], n_clusters: int,
+                     method: str, standardise: bool) -> dict[str, Any]:
+    """Cluster PCA scores as the embeddings were; labels matched to ``labels``' ids."""
+    from ..analysis.clustering import adjusted_rand, match_labels
+
+    pca_labels = match_labels(labels, cluster(pca[0], n_clusters, method,
+                                              standardise=standardise))
+    return {"pca_labels": pca_labels, "agreement": adjusted_rand(labels, pca_labels),
+            "same_fraction": float(np.mean(pca_labels == labels))}
+
+
 def class_means(dataset: Any, labels: np.ndarray) -> np.ndarray:
     from ..analysis.clustering import class_mean_patterns
 
@@ -152,7 +170,8 @@ def project(embeddings: np.ndarray, method: str = "pca", seed: int = 0) -> np.nd
     return np.asarray(project_2d(flat, method=method, seed=seed), dtype=np.float32)
 
 
-def export(path: str, state: Any, labels: np.ndarray | None = None) -> None:
+def export(path: str, state: Any, labels: np.ndarray | None = None,
+           pca_labels: np.ndarray | None = None) -> None:
     """Write embeddings (+ error maps, labels, configs) as HDF5, or the maps as a TIFF stack."""
     from ..analysis.export import export_hdf5, export_tiff
 
@@ -161,6 +180,8 @@ def export(path: str, state: Any, labels: np.ndarray | None = None) -> None:
         return
     loaded = state.model
     extra = {} if labels is None else {"cluster_labels": np.asarray(labels)}
+    if pca_labels is not None:
+        extra["pca_cluster_labels"] = np.asarray(pca_labels)
     export_hdf5(path, state.embeddings, state.error_maps or {},
                 loaded.model.config.to_dict() if loaded is not None else None,
                 loaded.preprocessor.to_dict() if loaded is not None else None, extra,

@@ -36,6 +36,10 @@ from .workers import start_function
 
 RGB_LAYER = "AE RGB composite"
 CLUSTER_LAYER = "AE clusters"
+PCA_CLUSTER_LAYER = "PCA clusters"
+#: principal components of the patterns clustered for the baseline comparison (the same
+#: number the evaluation's PCA + k-means baseline uses, docs/model.md)
+BASELINE_COMPONENTS = 10
 #: the dock's initial clustering scale; equal to ``analysis.clustering.STANDARDISE_DEFAULT``
 #: (a test checks), kept here so opening the dock does not import scikit-learn
 CLUSTER_STANDARDISE_DEFAULT = True
@@ -70,6 +74,9 @@ class LatentMapsWidget(QWidget):
         self.state = install(napari_viewer)
         self.labels: np.ndarray | None = None
         self.class_means: np.ndarray | None = None
+        self.pca_labels: np.ndarray | None = None
+        self.agreement: float | None = None
+        self._pca_cache: tuple[Any, tuple[np.ndarray, np.ndarray]] | None = None
         self._cluster_worker: Any = None
 
         layout = QVBoxLayout(self)
@@ -99,11 +106,18 @@ class LatentMapsWidget(QWidget):
         # latent space as the network made it (the geometry PCA + k-means uses)
         self.standardise = QCheckBox("scale every dimension to unit variance")
         self.standardise.setChecked(CLUSTER_STANDARDISE_DEFAULT)
+        # the baseline a microscopist already has, clustered the same way: do the maps show
+        # more than PCA of the patterns? (on the evaluation data they often do not)
+        self.compare_pca = QCheckBox(f"also cluster PCA({BASELINE_COMPONENTS}) of the patterns")
         self.cluster_button = QPushButton("Cluster embeddings")
+        self.cluster_info = QLabel("")
+        self.cluster_info.setWordWrap(True)
         form.addRow("clusters", self.n_clusters)
         form.addRow("method", self.method)
         form.addRow(self.standardise)
+        form.addRow(self.compare_pca)
         form.addRow(self.cluster_button)
+        form.addRow(self.cluster_info)
         self.means_view = pg.GraphicsLayoutWidget()
         self.means_view.setBackground("k")
         self.means_view.setMinimumHeight(150)
@@ -131,6 +145,7 @@ class LatentMapsWidget(QWidget):
         has = embeddings is not None
         for w in (self.rgb_button, self.cluster_button, self.error_button, self.export_button):
             w.setEnabled(has)
+        self._pca_cache = None  # a new model may preprocess differently
         if not has:
             return
         from ..analysis.quality import live_dimensions
@@ -182,16 +197,27 @@ class LatentMapsWidget(QWidget):
             return None
         k, method = self.n_clusters.value(), self.method.currentText()
         standardise = self.standardise.isChecked()
+        compare = self.compare_pca.isChecked()
         self.cluster_button.setEnabled(False)
         view = loaded.preprocessor.scan_view(dataset) if loaded is not None else dataset
         prep = loaded.preprocessor if loaded is not None else None
+        key = (id(dataset), id(prep), emb.shape[:2])
+        cached = self._pca_cache[1] if self._pca_cache and self._pca_cache[0] == key else None
 
-        def work() -> tuple[np.ndarray, np.ndarray]:
+        def work() -> dict[str, Any]:
             labels = backend.cluster(emb, k, method, standardise=standardise)
             from ..analysis.clustering import class_mean_patterns
 
             means = class_mean_patterns(view, labels, n_clusters=k, preprocessor=prep)
-            return labels, np.asarray(means)
+            out = {"labels": labels, "means": np.asarray(means)}
+            if compare:
+                pca = cached or backend.pca_scores(view, prep, BASELINE_COMPONENTS)
+                if pca[0].shape[:2] != labels.shape:
+                    raise ValueError(f"the patterns give {pca[0].shape[:2]} positions but the "
+                                     f"embeddings {labels.shape}: embed this dataset again")
+                out.update(backend.compare_with_pca(labels, pca, k, method, standardise))
+                out["pca"], out["key"] = pca, key
+            return out
 
         def release() -> None:
             if self._cluster_worker is worker:
@@ -199,7 +225,7 @@ class LatentMapsWidget(QWidget):
             self.cluster_button.setEnabled(
                 self._cluster_worker is None and self.state.embeddings is not None)
 
-        def show(result: tuple[np.ndarray, np.ndarray]) -> None:
+        def show(result: dict[str, Any]) -> None:
             # free the dock before `clustered` is emitted: a listener may cluster again at once
             release()
             self._show_clusters(result)
@@ -209,12 +235,30 @@ class LatentMapsWidget(QWidget):
         self._cluster_worker = worker
         return worker
 
-    def _show_clusters(self, result: tuple[np.ndarray, np.ndarray]) -> None:
-        labels, means = result
+    def _show_clusters(self, result: dict[str, Any]) -> None:
+        labels, means = result["labels"], result["means"]
         self.labels, self.class_means = labels, means
         geo = self.state.embedding_geometry
         layer = upsert_labels(self.viewer, CLUSTER_LAYER, labels.astype(np.int32) + 1,
                               scale=geo.scale, translate=geo.translate, opacity=0.6)
+        self.pca_labels = result.get("pca_labels")
+        self.agreement = result.get("agreement")
+        if self.pca_labels is not None:
+            self._pca_cache = (result["key"], result["pca"])
+            # hidden under the AE clusters: toggle it to compare; matched ids share colours
+            upsert_labels(self.viewer, PCA_CLUSTER_LAYER, self.pca_labels.astype(np.int32) + 1,
+                          scale=geo.scale, translate=geo.translate, opacity=0.6, visible=False)
+            explained = float(np.sum(result["pca"][1]))
+            self.cluster_info.setText(
+                f"PCA({len(result['pca'][1])}) of the patterns ({100 * explained:.0f} % of their "
+                f"variance), clustered the same way: layer '{PCA_CLUSTER_LAYER}' (hidden; same "
+                f"colour = matched cluster). Agreement with the AE clusters: adjusted Rand "
+                f"index {self.agreement:.2f}, {100 * result['same_fraction']:.0f} % of positions "
+                f"in matched clusters.")
+        else:  # a comparison made for another clustering would mislead
+            if PCA_CLUSTER_LAYER in self.viewer.layers:
+                self.viewer.layers.remove(self.viewer.layers[PCA_CLUSTER_LAYER])
+            self.cluster_info.setText("")
         self.means_view.clear()
         cols = min(len(means), 4)
         for k, mean in enumerate(means):
@@ -249,7 +293,7 @@ class LatentMapsWidget(QWidget):
             show_error("Nothing to export: embed a dataset first")
             return None
         try:
-            backend.export(str(path), self.state, self.labels)
+            backend.export(str(path), self.state, self.labels, self.pca_labels)
         except Exception as exc:
             show_error(f"Export to {path} failed: {exc}")
             return None

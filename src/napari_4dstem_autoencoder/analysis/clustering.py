@@ -17,7 +17,7 @@ from typing import Literal
 
 import numpy as np
 from sklearn.cluster import KMeans
-from sklearn.decomposition import PCA
+from sklearn.decomposition import PCA, IncrementalPCA
 from sklearn.metrics import adjusted_rand_score
 from sklearn.mixture import GaussianMixture
 
@@ -41,7 +41,7 @@ STANDARDISE_DEFAULT = True
 
 __all__ = [
     "adjusted_rand", "class_mean_patterns", "cluster_embeddings", "effective_dimensions",
-    "linear_probe_ari", "live_dimensions", "pca_kmeans_baseline",
+    "linear_probe_ari", "live_dimensions", "match_labels", "pca_kmeans_baseline", "pca_scores",
     "per_class_reconstruction_quality", "project_2d", "reconstruction_quality",
     "relabel_by_size",
 ]
@@ -119,15 +119,111 @@ def pca_kmeans_baseline(
     x = np.asarray(patterns, dtype=np.float32)
     if x.ndim not in (3, 4):
         raise ValueError(f"patterns must be (N, Qy, Qx) or (Ry, Rx, Qy, Qx), got {x.shape}")
-    lead = x.shape[:-2]
-    flat = x.reshape(-1, x.shape[-2] * x.shape[-1])
-    if not np.all(np.isfinite(flat)):
-        raise ValueError("patterns contain NaN or Inf values")
+    scores, _ = pca_scores(x, n_components, seed=seed)
+    flat = scores.reshape(-1, scores.shape[-1])
     k = _check_k(n_clusters, flat.shape[0])
-    nc = max(1, min(int(n_components), flat.shape[0], flat.shape[1]))
-    scores = PCA(n_components=nc, random_state=seed).fit_transform(flat)
-    labels = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(scores)
-    return relabel_by_size(labels).reshape(lead)
+    labels = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(flat)
+    return relabel_by_size(labels).reshape(scores.shape[:-1])
+
+
+#: PCA of up to this many bytes of (preprocessed, float32) patterns is fitted exactly in
+#: memory; a larger scan is fitted incrementally (two passes over the data, chunk by chunk).
+PCA_IN_MEMORY_BYTES = 1 << 29
+
+
+def pca_scores(
+    dataset_or_patterns,
+    n_components: int = 10,
+    preprocessor=None,
+    seed: int = 0,
+    chunk_size: int = 512,
+    max_in_memory_bytes: int = PCA_IN_MEMORY_BYTES,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Scores of every pattern on the leading principal components, and what they explain.
+
+    ``dataset_or_patterns``: a :class:`Dataset4D` (read in chunks, see
+    :func:`class_mean_patterns`) or an array ``(N, Qy, Qx)`` / ``(Ry, Rx, Qy, Qx)``;
+    ``preprocessor`` (a fitted ``Preprocessor``) is applied to each chunk first, so the scores
+    are of what the network sees. Returns ``(scores, explained)``: scores ``(*lead, n)``
+    float32 with the scan's leading shape, and the fraction of the variance each component
+    explains ``(n,)``; ``n`` is ``n_components`` capped by the number of patterns and pixels.
+    Up to ``max_in_memory_bytes`` of patterns the PCA is exact (scikit-learn ``PCA``); above,
+    it is scikit-learn's ``IncrementalPCA``, fitted chunk by chunk.
+    """
+    src = dataset_or_patterns
+    if _is_dataset(src):
+        lead, n = tuple(src.scan_shape), int(src.n_patterns)
+    else:
+        shape = np.shape(src)
+        if len(shape) not in (3, 4):
+            raise ValueError(f"patterns must be (N, Qy, Qx) or (Ry, Rx, Qy, Qx), got {shape}")
+        lead, n = tuple(shape[:-2]), int(np.prod(shape[:-2]))
+
+    def blocks():
+        for _, block in _pattern_chunks(src, None, chunk_size):
+            if preprocessor is not None:
+                block = preprocessor.transform_patterns(block)
+            flat = np.asarray(block, dtype=np.float32).reshape(block.shape[0], -1)
+            if not np.all(np.isfinite(flat)):
+                raise ValueError("patterns contain NaN or Inf values")
+            yield flat
+
+    first = None
+    stream = blocks()
+    first = next(stream)
+    d = first.shape[1]
+    nc = max(1, min(int(n_components), n, d))
+    if n * d * 4 <= max_in_memory_bytes:
+        flat = np.concatenate([first, *stream])
+        pca = PCA(n_components=nc, random_state=seed)
+        scores = pca.fit_transform(flat)
+    else:
+        pca = IncrementalPCA(n_components=nc)
+        pending, rows = [first], first.shape[0]
+        fitted = False
+        for flat in stream:
+            pending.append(flat)
+            rows += flat.shape[0]
+            if rows >= max(nc, int(chunk_size)):
+                pca.partial_fit(np.concatenate(pending))
+                pending, rows, fitted = [], 0, True
+        if pending and (rows >= nc or not fitted):
+            pca.partial_fit(np.concatenate(pending))
+        scores = np.concatenate([pca.transform(flat) for flat in blocks()])
+    return (np.asarray(scores, dtype=np.float32).reshape(*lead, nc),
+            np.asarray(pca.explained_variance_ratio_, dtype=np.float64))
+
+
+def match_labels(reference: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Renumber ``labels`` so that each cluster takes the id of the ``reference`` cluster it
+    shares most positions with (one to one: the assignment that maximises the overlap).
+
+    Clusters left without a partner keep ids above the reference's. Used to colour two
+    clusterings of the same scan alike; the partition itself is unchanged.
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    ref = np.asarray(reference).ravel()
+    lab = np.asarray(labels)
+    flat = lab.ravel()
+    if ref.shape != flat.shape:
+        raise ValueError(f"label maps differ in size: {ref.size} vs {flat.size}")
+    ids = np.unique(flat[flat >= 0])
+    ref_ids = np.unique(ref[ref >= 0])
+    both = (flat >= 0) & (ref >= 0)
+    table = np.zeros((ids.size, ref_ids.size), dtype=np.int64)
+    np.add.at(table, (np.searchsorted(ids, flat[both]), np.searchsorted(ref_ids, ref[both])), 1)
+    rows, cols = linear_sum_assignment(-table)
+    mapping = dict(zip(ids[rows].tolist(), ref_ids[cols].tolist()))
+    spare = int(ref_ids.max(initial=-1)) + 1
+    for i in ids.tolist():
+        if i not in mapping:
+            mapping[i] = spare
+            spare += 1
+    out = flat.copy()
+    for old, new in mapping.items():
+        out[flat == old] = new
+    return out.reshape(lab.shape)
 
 
 def adjusted_rand(labels_true: np.ndarray, labels_pred: np.ndarray,
@@ -149,6 +245,40 @@ def adjusted_rand(labels_true: np.ndarray, labels_pred: np.ndarray,
     if t.size == 0:
         raise ValueError("no positions to compare (empty labels or mask)")
     return float(adjusted_rand_score(t, p))
+
+
+def _is_dataset(obj) -> bool:
+    return hasattr(obj, "data") and hasattr(obj, "scan_shape")
+
+
+def _pattern_chunks(dataset_or_patterns, n_positions: int | None, chunk_size: int):
+    """Yield ``(start, (n, Qy, Qx) block)`` over every pattern, in scan order.
+
+    A :class:`Dataset4D` is read in whole scan rows of about ``chunk_size`` patterns
+    (contiguous reads, so a scan larger than memory works); an array is sliced.
+    ``n_positions``, when given, must equal the number of patterns.
+    """
+    if _is_dataset(dataset_or_patterns):
+        ds = dataset_or_patterns
+        if n_positions is not None and n_positions != ds.n_patterns:
+            raise ValueError(f"{ds.name}: labels have {n_positions} positions but the scan has "
+                             f"{ds.n_patterns} {ds.scan_shape}")
+        ry_n, rx_n = ds.scan_shape
+        rows = max(1, int(chunk_size) // rx_n)
+        for r0 in range(0, ry_n, rows):
+            r1 = min(ry_n, r0 + rows)
+            block = np.asarray(ds.data[r0:r1].compute())
+            yield r0 * rx_n, block.reshape(-1, *block.shape[-2:])
+        return
+    arr = np.asarray(dataset_or_patterns)
+    if arr.ndim not in (3, 4):
+        raise ValueError(f"patterns must be (N, Qy, Qx) or (Ry, Rx, Qy, Qx), got {arr.shape}")
+    arr = arr.reshape(-1, *arr.shape[-2:])
+    if n_positions is not None and arr.shape[0] != n_positions:
+        raise ValueError(f"labels have {n_positions} positions but there are "
+                         f"{arr.shape[0]} patterns")
+    for s in range(0, arr.shape[0], int(chunk_size)):
+        yield s, arr[s:s + int(chunk_size)]
 
 
 def class_mean_patterns(
@@ -176,32 +306,9 @@ def class_mean_patterns(
     if lab.max(initial=-1) >= k:
         raise ValueError(f"labels go up to {lab.max()} but n_clusters={k}")
 
-    def chunks():
-        if hasattr(dataset_or_patterns, "data") and hasattr(dataset_or_patterns, "scan_shape"):
-            ds = dataset_or_patterns
-            if lab.size != ds.n_patterns:
-                raise ValueError(f"{ds.name}: labels have {lab.size} positions but the scan has "
-                                 f"{ds.n_patterns} {ds.scan_shape}")
-            ry_n, rx_n = ds.scan_shape
-            rows = max(1, int(chunk_size) // rx_n)  # whole scan rows: contiguous reads
-            for r0 in range(0, ry_n, rows):
-                r1 = min(ry_n, r0 + rows)
-                block = np.asarray(ds.data[r0:r1].compute())
-                yield r0 * rx_n, block.reshape(-1, *block.shape[-2:])
-        else:
-            arr = np.asarray(dataset_or_patterns)
-            if arr.ndim not in (3, 4):
-                raise ValueError(f"patterns must be (N, Qy, Qx) or (Ry, Rx, Qy, Qx), got {arr.shape}")
-            arr = arr.reshape(-1, *arr.shape[-2:])
-            if arr.shape[0] != lab.size:
-                raise ValueError(f"labels have {lab.size} positions but there are "
-                                 f"{arr.shape[0]} patterns")
-            for s in range(0, arr.shape[0], int(chunk_size)):
-                yield s, arr[s:s + int(chunk_size)]
-
     sums = None
     counts = np.zeros(k, dtype=np.int64)
-    for start, block in chunks():
+    for start, block in _pattern_chunks(dataset_or_patterns, lab.size, chunk_size):
         if preprocessor is not None:
             block = preprocessor.transform_patterns(block)
         block = np.asarray(block, dtype=np.float64)
