@@ -265,6 +265,30 @@ def test_balanced_preset_fits_its_loss_on_training_patterns_and_checkpoints_it(
     torch.testing.assert_close(loaded.balance.extra_weight, model.balance.extra_weight.cpu())
 
 
+def test_levelled_preset_fits_its_level_prior_on_training_patterns_and_checkpoints_it(
+        tiny_dataset, tiny_config, tmp_path):
+    from napari_4dstem_autoencoder.models.config import get_preset
+
+    path = tmp_path / "levelled.safetensors"
+    config = tiny_config(model=get_preset("levelled"), epochs=1, preview_max_positions=0,
+                         val_fraction=0.0, checkpoint_path=str(path))
+    gen = train(tiny_dataset(scan_shape=(4, 4)), config)
+    assert isinstance(next(gen), Started)
+    model = gen.gi_frame.f_locals["model"]
+    patterns = gen.gi_frame.f_locals["train_ds"].data[:, 0].double().numpy()
+    # every pixel's least-squares slope on the pattern's mean value (numpy's line fit)
+    level = patterns.mean(axis=(1, 2))
+    slope = np.polyfit(level, patterns.reshape(len(level), -1), 1)[0].reshape(patterns.shape[1:])
+    assert np.abs(slope).max() > 0.1  # the tiny patterns do differ in level
+    np.testing.assert_allclose(model.decoder.level_slope[0, 0].numpy(), slope, atol=1e-4)
+    assert float(model.decoder.level_mean) == pytest.approx(level.mean(), abs=1e-6)
+    assert isinstance(list(gen)[-1], Finished)
+    loaded = load_checkpoint(path).model
+    assert loaded.config.output_prior == "mean_and_level"
+    torch.testing.assert_close(loaded.decoder.level_slope, model.decoder.level_slope.cpu())
+    torch.testing.assert_close(loaded.decoder.level_mean, model.decoder.level_mean.cpu())
+
+
 def test_previews_recalibrate_the_encoder_alone(tiny_dataset, tiny_config):
     config = tiny_config(batch_size=2, preview_every_steps=1, preview_max_positions=16)
     gen = train(tiny_dataset(), config)

@@ -171,7 +171,7 @@ def embed_and_score(
             with torch.inference_mode(), precision.autocast():
                 z = model.embed(x)
                 if score:
-                    x_hat = model.decode(z, tuple(x.shape[-2:]))
+                    x_hat = model.decode(z, tuple(x.shape[-2:]), level=model.level_of(x))
             # flat positions of this batch inside its block -> scan coordinates
             width = cols.stop - cols.start
             k = np.arange(start, start + len(x_np))

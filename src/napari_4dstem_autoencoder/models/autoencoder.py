@@ -87,7 +87,7 @@ class Decoder(AdaptiveDecoder):
                  config: ModelConfig | str | None = None) -> None:
         cfg = _resolve(config)
         super().__init__(latent_dim, out_shape, canvas=cfg.decoder_canvas,
-                         output_prior=cfg.output_prior == "mean_pattern")
+                         output_prior=cfg.output_prior)
         self.config = cfg
 
 
@@ -120,12 +120,20 @@ class Autoencoder(nn.Module):
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(x)
 
-    def decode(self, z: torch.Tensor, out_shape: tuple[int, int] | None = None) -> torch.Tensor:
-        return self.decoder(z, out_shape or self.out_shape)
+    def level_of(self, x: torch.Tensor) -> torch.Tensor | None:
+        """Each input pattern's level (mean value), which a ``mean_and_level`` prior is given;
+        ``None`` for other configs."""
+        return self.decoder.level_of(x)
+
+    def decode(self, z: torch.Tensor, out_shape: tuple[int, int] | None = None,
+               level: torch.Tensor | None = None) -> torch.Tensor:
+        """Decode embeddings; ``level`` (B,) from :meth:`level_of` (a ``mean_and_level``
+        prior without it decodes at the training data's mean level)."""
+        return self.decoder(z, out_shape or self.out_shape, level=level)
 
     def encode_decode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         z = self.encoder(x)
-        return self.decoder(z, tuple(x.shape[-2:])), z
+        return self.decoder(z, tuple(x.shape[-2:]), level=self.decoder.level_of(x)), z
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.encode_decode(x)[0]
@@ -162,8 +170,13 @@ class Autoencoder(nn.Module):
                 "balance": bal, "correlation": corr}
 
     def set_output_prior(self, mean_pattern) -> None:
-        """Set the decoder's mean-pattern prior (configs with ``output_prior="mean_pattern"``)."""
+        """Set the decoder's mean-pattern prior (configs with an ``output_prior``)."""
         self.decoder.set_output_prior(torch.as_tensor(mean_pattern))
+
+    def set_level_prior(self, patterns) -> None:
+        """Fit the mean pattern and its level term on (N, H, W) preprocessed training patterns
+        (configs with ``output_prior="mean_and_level"``)."""
+        self.decoder.set_level_prior(torch.as_tensor(patterns))
 
     def set_loss_balance(self, patterns) -> int:
         """Fit the PCA-balanced loss on (N, H, W) preprocessed training patterns.

@@ -17,7 +17,8 @@ PoolSchedule = Literal["quarter", "to4"]
 DecoderCanvas = Literal["fixed256", "target"]
 DivergenceForm = Literal["inverse_variance", "log_variance", "std_hinge", "std_hinge_decorrelate"]
 DIVERGENCE_FORMS = ("inverse_variance", "log_variance", "std_hinge", "std_hinge_decorrelate")
-OutputPrior = Literal["none", "mean_pattern"]
+OutputPrior = Literal["none", "mean_pattern", "mean_and_level"]
+OUTPUT_PRIORS = ("none", "mean_pattern", "mean_and_level")
 ReconstructionWeighting = Literal["uniform", "pca_balanced"]
 
 MIN_INPUT_SIZE = 32
@@ -50,6 +51,10 @@ class ModelConfig:
         the logit of the training data's mean pattern is added before the sigmoid (a fixed
         buffer, set once from the data; no parameters), so an untrained decoder already
         outputs the mean pattern and training spends its steps on how patterns *differ*.
+        ``"mean_and_level"``: the mean pattern plus a term linear in each pattern's *level*
+        (its mean preprocessed intensity, which thickness and dose move), fitted by least
+        squares on the training patterns (buffers, no parameters). The decoder is given each
+        input's level, so the embedding need not spend itself on it (``models/blocks.py``).
     reconstruction_weighting / balance_*:
         ``"uniform"`` (seed): plain MSE. ``"pca_balanced"``: the error along the training
         data's leading principal directions (those carrying at least ``balance_min_variance``
@@ -85,7 +90,7 @@ class ModelConfig:
             raise ValueError(f"unknown decoder_canvas {self.decoder_canvas!r}")
         if self.divergence_form not in DIVERGENCE_FORMS:
             raise ValueError(f"unknown divergence_form {self.divergence_form!r}")
-        if self.output_prior not in ("none", "mean_pattern"):
+        if self.output_prior not in OUTPUT_PRIORS:
             raise ValueError(f"unknown output_prior {self.output_prior!r}")
         if self.latent_dim != 32:
             # The parameter budget (and the embedding layer) is defined for 32-D latents.
@@ -133,6 +138,9 @@ SEED = ModelConfig()
 #: - ``prior``: ``decorrelated`` + the mean-pattern output prior (measured on this CPU: the
 #:   decoder starts at the mean pattern's PSNR instead of ~7 dB, and embeddings cluster far
 #:   better after one epoch). Pair it with the training defaults (lr 1e-4, BN recalibration).
+#: - ``levelled``: ``prior`` whose output prior also follows each pattern's level (mean
+#:   intensity): measured on this CPU, the embedding then no longer spreads a grain along its
+#:   thickness gradient further than the step to the next class (docs/model.md).
 #: - ``balanced``: ``prior`` + the PCA-balanced reconstruction loss + a penalty on correlation
 #:   between embedding dimensions (measured on this CPU: k-means no longer splits a grain
 #:   along its thickness gradient before it separates a strained region; docs/model.md).
@@ -143,12 +151,13 @@ STABLE = FAST.replace(name="stable", divergence_form="std_hinge", divergence_eps
 CONTRAST = STABLE.replace(name="contrast", contrastive_margin=0.5, lambda_sim=1e-3)
 DECORRELATED = STABLE.replace(name="decorrelated", divergence_form="std_hinge_decorrelate")
 PRIOR = DECORRELATED.replace(name="prior", output_prior="mean_pattern")
+LEVELLED = PRIOR.replace(name="levelled", output_prior="mean_and_level")
 BALANCED = PRIOR.replace(name="balanced", reconstruction_weighting="pca_balanced",
                          lambda_corr=1e-2)
 
 PRESETS: dict[str, ModelConfig] = {
     c.name: c for c in (SEED, POOLED4, FAST, STABLE, CONTRAST, DECORRELATED, PRIOR,
-                         BALANCED)
+                         LEVELLED, BALANCED)
 }
 
 DEFAULT_PRESET = "prior"

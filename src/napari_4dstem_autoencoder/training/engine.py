@@ -126,6 +126,8 @@ def _set_data_buffers(model: Autoencoder, patterns: torch.Tensor) -> None:
     """Fit the config's data-derived buffers (no parameters) on reference patterns."""
     if model.config.output_prior == "mean_pattern":
         model.set_output_prior(patterns.mean(dim=0))
+    elif model.config.output_prior == "mean_and_level":
+        model.set_level_prior(patterns)
     if model.config.reconstruction_weighting == "pca_balanced":
         kept = model.set_loss_balance(patterns)
         log.info("balanced loss: %d principal directions weighted up to the first's variance",
@@ -215,7 +217,7 @@ def train(
                         config=model_config)
     if resumed is not None:
         model.load_state_dict(resumed.model.state_dict())
-    elif (model_config.output_prior == "mean_pattern"
+    elif (model_config.output_prior != "none"
           or model_config.reconstruction_weighting == "pca_balanced"):
         _set_data_buffers(model, _reference_patterns(train_ds, view, preprocessor, split.train,
                                                      config.seed))
