@@ -10,6 +10,10 @@ clustering on a 10-nearest-neighbour graph follows connected (curved) clusters.
 
     python benchmarks/linear_baselines.py                 # both datasets, 2..10 components
     python benchmarks/linear_baselines.py --datasets sample --components 3,4,5
+    python benchmarks/linear_baselines.py --remove-level  # the linear analogue of `levelled`
+
+``--remove-level`` first subtracts from every pixel its least-squares line in the pattern's
+level (mean value): what the ``levelled`` preset's decoder is given, taken out of PCA's input.
 """
 
 from __future__ import annotations
@@ -29,6 +33,15 @@ from eval_presets import (SIM_PATH, load_sample, load_sim, preprocess_all,  # no
 
 from napari_4dstem_autoencoder.analysis.clustering import adjusted_rand  # noqa: E402
 from napari_4dstem_autoencoder.io.preprocess import PreprocessConfig, Preprocessor  # noqa: E402
+
+
+def remove_level(x: np.ndarray) -> np.ndarray:
+    """Patterns minus each pixel's least-squares line in the pattern's level (mean value)."""
+    flat = x.reshape(x.shape[0], -1).astype(np.float64)
+    level = flat.mean(axis=1)
+    centred = level - level.mean()
+    slope = centred @ (flat - flat.mean(axis=0)) / (centred @ centred)
+    return (flat - np.outer(centred, slope)).reshape(x.shape).astype(np.float32)
 
 
 def scores_for(x: np.ndarray, labels: np.ndarray, k: int, n_components: int,
@@ -51,15 +64,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sample-scan", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--sim-path", type=Path, default=SIM_PATH)
+    ap.add_argument("--remove-level", action="store_true",
+                    help="regress each pixel on the pattern's level and cluster the residual")
     args = ap.parse_args(argv)
     comps = [int(c) for c in args.components.split(",")]
     prep_cfg = PreprocessConfig(scaling="log", normalise=True, detector_bin=args.detector_bin)
     for name in args.datasets.split(","):
         task = load_sim(args.sim_path) if name == "sim" else load_sample(args.sample_scan)
         x = preprocess_all(task, Preprocessor.fit(task.dataset, prep_cfg))
+        if args.remove_level:
+            x = remove_level(x)
         ratio = PCA(max(comps), random_state=args.seed).fit(
             x.reshape(x.shape[0], -1)).explained_variance_ratio_
-        print(f"{name}: {x.shape[0]} patterns of {x.shape[1]}x{x.shape[2]}, {task.n_clusters} "
+        tag = " (level removed)" if args.remove_level else ""
+        print(f"{name}{tag}: {x.shape[0]} patterns of {x.shape[1]}x{x.shape[2]}, {task.n_clusters} "
               f"classes; variance fraction of the leading components: "
               + " ".join(f"{v:.4f}" for v in ratio))
         print(f"{'components':>10} {'k-means':>8} {'GMM':>6} {'spectral':>9} {'k-means white':>14} "

@@ -139,8 +139,9 @@ SEED = ModelConfig()
 #:   decoder starts at the mean pattern's PSNR instead of ~7 dB, and embeddings cluster far
 #:   better after one epoch). Pair it with the training defaults (lr 1e-4, BN recalibration).
 #: - ``levelled``: ``prior`` whose output prior also follows each pattern's level (mean
-#:   intensity): measured on this CPU, the embedding then no longer spreads a grain along its
-#:   thickness gradient further than the step to the next class (docs/model.md).
+#:   intensity), so the embedding need not carry thickness or dose. Measured on this CPU: on
+#:   some seeds it separates the sample's classes better than PCA, on others not, and it
+#:   costs the simulation, whose classes differ in level (docs/model.md).
 #: - ``balanced``: ``prior`` + the PCA-balanced reconstruction loss + a penalty on correlation
 #:   between embedding dimensions (measured on this CPU: k-means no longer splits a grain
 #:   along its thickness gradient before it separates a strained region; docs/model.md).
