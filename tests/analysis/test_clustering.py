@@ -217,6 +217,8 @@ def test_pca_scores_reject_bad_input():
         pca_scores(np.full((4, 8, 8), np.nan, dtype=np.float32))
     with pytest.raises(ValueError, match=r"\(N, Qy, Qx\)"):
         pca_scores(np.zeros((4, 8), dtype=np.float32))
+    with pytest.raises(ValueError, match="no patterns"):
+        pca_scores(np.zeros((0, 8, 8), dtype=np.float32))
 
 
 def test_match_labels_renames_clusters_to_their_partners_without_changing_the_partition():

@@ -168,13 +168,19 @@ def pca_scores(
                 raise ValueError("patterns contain NaN or Inf values")
             yield flat
 
-    first = None
+    if n < 1:
+        raise ValueError("no patterns to analyse")
     stream = blocks()
     first = next(stream)
     d = first.shape[1]
     nc = max(1, min(int(n_components), n, d))
     if n * d * 4 <= max_in_memory_bytes:
-        flat = np.concatenate([first, *stream])
+        flat = np.empty((n, d), dtype=np.float32)
+        flat[:len(first)] = first
+        filled = len(first)
+        for block in stream:
+            flat[filled:filled + len(block)] = block
+            filled += len(block)
         pca = PCA(n_components=nc, random_state=seed)
         scores = pca.fit_transform(flat)
     else:
