@@ -114,9 +114,10 @@ def main() -> None:
     wait(app, lambda: state.embeddings is not None and state.error_maps is not None, 3600,
          "the scan's embeddings")
 
-    # 3. latent maps: composite and clusters
+    # 3. latent maps: composite and clusters, compared with PCA of the same patterns
     latent = w["Latent maps"]
     latent.n_clusters.setValue(5)
+    latent.compare_pca.setChecked(True)
     latent.cluster()
     wait(app, lambda: latent.labels is not None, 300, "clustering")
     for layer in viewer.layers:
