@@ -161,6 +161,36 @@ def test_traversal_decodes_from_the_probe_and_follows_sliders(make_napari_viewer
     assert not np.allclose(trav.decoded_image, start)
 
 
+def test_traversal_of_a_levelled_model_decodes_at_the_start_pattern_level(
+        make_napari_viewer, qtbot, checkpoint, open_dock, tmp_path):
+    import torch
+
+    from napari_4dstem_autoencoder.models.autoencoder import Autoencoder
+    from napari_4dstem_autoencoder.training.checkpoints import load_checkpoint, save_checkpoint
+
+    viewer, state = _viewer_with_model(make_napari_viewer, checkpoint)
+    prep = state.model.preprocessor
+    view = prep.scan_view(state.dataset)
+    patterns = prep.transform_patterns(np.asarray(view.data.compute()).reshape(-1, 64, 64))
+    torch.manual_seed(0)
+    model = Autoencoder(out_shape=(32, 32), config="levelled").eval()
+    model.set_level_prior(torch.from_numpy(patterns))
+    path = tmp_path / "levelled.safetensors"
+    save_checkpoint(path, model, prep, input_shape=(32, 32))
+    state.set_model(load_checkpoint(str(path)), str(path))
+    levels = patterns.reshape(GRID, GRID, -1).mean(axis=-1)
+    ry, rx = np.unravel_index(np.argmax(np.abs(levels - levels.mean())), levels.shape)
+    state.set_position(int(ry), int(rx))
+    trav = open_dock(viewer, "Traversal")
+    level = float(levels[ry, rx])
+    assert trav.start_level == pytest.approx(level, rel=1e-5)
+    qtbot.waitUntil(lambda: trav.decoded_image is not None, timeout=30_000)
+    expected = backend.decode_latent(state.model, trav.z_start, (32, 32), "cpu", level=level)
+    np.testing.assert_allclose(trav.decoded_image, expected, atol=1e-6)
+    at_mean = backend.decode_latent(state.model, trav.z_start, (32, 32), "cpu")
+    assert np.abs(trav.decoded_image - at_mean).max() > 0.01  # the level made a difference
+
+
 def test_the_dock_starts_with_the_library_clustering_scale():
     from napari_4dstem_autoencoder.analysis.clustering import STANDARDISE_DEFAULT
 

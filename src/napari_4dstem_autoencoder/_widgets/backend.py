@@ -106,16 +106,32 @@ def reconstruct_one(loaded: Any, raw: np.ndarray, device: str) -> tuple[np.ndarr
             np.asarray(recon, dtype=np.float32).reshape(shape))
 
 
-def decode_latent(loaded: Any, z: np.ndarray, out_shape: tuple[int, int], device: str) -> np.ndarray:
-    """Decode one 32-D latent vector into a pattern in [0, 1] (for the traversal sliders)."""
+def decode_latent(loaded: Any, z: np.ndarray, out_shape: tuple[int, int], device: str,
+                  level: float | None = None) -> np.ndarray:
+    """Decode one 32-D latent vector into a pattern in [0, 1] (for the traversal sliders).
+
+    ``level``: the pattern level a ``levelled`` model's decoder is given (see
+    :func:`pattern_level`); without it such a model decodes at its training data's mean level.
+    """
     import torch
 
     model = loaded.model
     dev = next(model.parameters()).device
     with torch.no_grad():
         t = torch.as_tensor(np.asarray(z, dtype=np.float32)[None], device=dev)
-        out = model.decode(t, tuple(out_shape))
+        lv = None if level is None else torch.tensor([float(level)], device=dev)
+        out = model.decode(t, tuple(out_shape), level=lv)
     return out[0, 0].float().cpu().numpy()
+
+
+def pattern_level(loaded: Any, dataset: Any, grid: tuple[int, int]) -> float | None:
+    """Level (mean preprocessed value) of the pattern at ``grid`` of the model's scan view,
+    for a model whose decoder is given it; ``None`` for any other model."""
+    if not loaded.model.uses_level:
+        return None
+    prep = loaded.preprocessor
+    raw = np.asarray(prep.scan_view(dataset).pattern(*grid))
+    return float(np.mean(prep.transform_patterns(raw[None]), dtype=np.float64))
 
 
 def pattern_quality(inputs: np.ndarray, recon: np.ndarray) -> tuple[float, float]:

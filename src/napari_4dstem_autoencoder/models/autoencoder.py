@@ -120,6 +120,11 @@ class Autoencoder(nn.Module):
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(x)
 
+    @property
+    def uses_level(self) -> bool:
+        """Whether the decoder's prior follows each input's level (``mean_and_level``)."""
+        return self.decoder.level_slope is not None
+
     def level_of(self, x: torch.Tensor) -> torch.Tensor | None:
         """Each input pattern's level (mean value), which a ``mean_and_level`` prior is given;
         ``None`` for other configs."""
