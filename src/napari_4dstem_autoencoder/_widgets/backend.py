@@ -127,11 +127,15 @@ def decode_latent(loaded: Any, z: np.ndarray, out_shape: tuple[int, int], device
 def pattern_level(loaded: Any, dataset: Any, grid: tuple[int, int]) -> float | None:
     """Level (mean preprocessed value) of the pattern at ``grid`` of the model's scan view,
     for a model whose decoder is given it; ``None`` for any other model."""
-    if not loaded.model.uses_level:
+    import torch
+
+    model = loaded.model
+    if not model.uses_level:  # checked first: no read for other models
         return None
     prep = loaded.preprocessor
-    raw = np.asarray(prep.scan_view(dataset).pattern(*grid))
-    return float(np.mean(prep.transform_patterns(raw[None]), dtype=np.float64))
+    x = prep.transform_patterns(np.asarray(prep.scan_view(dataset).pattern(*grid))[None])
+    # the model's own definition of the level, as encode_decode applies it
+    return float(model.level_of(torch.as_tensor(np.asarray(x, dtype=np.float32))[:, None])[0])
 
 
 def pattern_quality(inputs: np.ndarray, recon: np.ndarray) -> tuple[float, float]:

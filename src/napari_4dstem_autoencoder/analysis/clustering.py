@@ -13,6 +13,7 @@ re-exported here, so widgets can import the whole analysis API from one module.
 
 from __future__ import annotations
 
+import itertools
 from typing import Literal
 
 import numpy as np
@@ -176,9 +177,8 @@ def pca_scores(
     nc = max(1, min(int(n_components), n, d))
     if n * d * 4 <= max_in_memory_bytes:
         flat = np.empty((n, d), dtype=np.float32)
-        flat[:len(first)] = first
-        filled = len(first)
-        for block in stream:
+        filled = 0
+        for block in itertools.chain([first], stream):
             flat[filled:filled + len(block)] = block
             filled += len(block)
         pca = PCA(n_components=nc, random_state=seed)
