@@ -192,18 +192,9 @@ def engine_model(gen) -> torch.nn.Module | None:
 
 
 def spectral_ari(features: np.ndarray, labels: np.ndarray, k: int, seed: int) -> float:
-    """ARI of spectral clustering on a 10-nearest-neighbour graph (follows connected clusters).
-
-    Benchmark only: scored on the embeddings and on PCA's scores alike (docs/model.md).
-    """
-    import warnings
-
-    from sklearn.cluster import SpectralClustering
-
-    with warnings.catch_warnings():  # "graph is not fully connected": separate classes do that
-        warnings.simplefilter("ignore", UserWarning)
-        pred = SpectralClustering(k, affinity="nearest_neighbors", n_neighbors=10,
-                                  assign_labels="cluster_qr", random_state=seed).fit_predict(features)
+    """ARI of the library's spectral clustering (10-nearest-neighbour graph) of ``features``,
+    used as given: scored on the embeddings and on PCA's scores alike (docs/model.md)."""
+    pred = cluster_embeddings(features, k, method="spectral", seed=seed, standardise=False)
     return adjusted_rand(labels, pred.reshape(labels.shape))
 
 

@@ -72,7 +72,7 @@ def test_relabel_by_size_orders_by_count_and_keeps_negatives():
 
 # -- clustering --------------------------------------------------------------------------
 
-@pytest.mark.parametrize("method", ["kmeans", "gmm"])
+@pytest.mark.parametrize("method", ["kmeans", "gmm", "spectral"])
 def test_well_separated_blobs_are_recovered_with_the_scan_shape(method):
     x, truth = blobs(n_per=40, k=3)
     emb = x.reshape(10, 12, 8)  # a (Ry, Rx, D) embedding stack
@@ -82,6 +82,48 @@ def test_well_separated_blobs_are_recovered_with_the_scan_shape(method):
     assert adjusted_rand(truth.reshape(10, 12), labels) == pytest.approx(1.0)
     # numbered by decreasing size: equal sizes here, so every id is used once
     assert sorted(np.unique(labels).tolist()) == [0, 1, 2]
+
+
+def two_bars(n_per: int, length: float = 20.0, gap: float = 3.0, seed: int = 0):
+    """Two long parallel bars of points (a phase drifting with thickness, twice): their length
+    is far larger than the gap between them."""
+    rng = np.random.default_rng(seed)
+    truth = np.repeat([0, 1], n_per)
+    x = np.column_stack([rng.uniform(0, length, truth.size),
+                         gap * truth + 0.2 * rng.normal(size=truth.size)])
+    return np.hstack([x, 0.05 * rng.normal(size=(truth.size, 6))]), truth
+
+
+def test_spectral_follows_elongated_clusters_that_kmeans_cuts_across():
+    x, truth = two_bars(n_per=150)
+    emb = x.reshape(15, 20, 8)
+    kmeans = cluster_embeddings(emb, 2, method="kmeans", standardise=False)
+    spectral = cluster_embeddings(emb, 2, method="spectral", standardise=False)
+    assert spectral.shape == (15, 20)
+    assert adjusted_rand(truth.reshape(15, 20), kmeans) < 0.2  # cut along the bars' length
+    assert adjusted_rand(truth.reshape(15, 20), spectral) == pytest.approx(1.0)
+
+
+def test_spectral_on_a_large_scan_fits_a_subset_and_votes_for_the_rest(monkeypatch):
+    from sklearn.cluster import SpectralClustering
+
+    from napari_4dstem_autoencoder.analysis import clustering
+
+    fitted_sizes = []
+    original = SpectralClustering.fit_predict
+
+    def spy(self, x, *args, **kwargs):
+        fitted_sizes.append(x.shape[0])
+        return original(self, x, *args, **kwargs)
+
+    monkeypatch.setattr(SpectralClustering, "fit_predict", spy)
+    monkeypatch.setattr(clustering, "SPECTRAL_MAX_FIT", 300)
+    x, truth = two_bars(n_per=600, seed=1)
+    a = cluster_embeddings(x, 2, method="spectral", seed=4, standardise=False)
+    assert fitted_sizes == [300]  # the graph saw the subset only
+    assert adjusted_rand(truth, a) == pytest.approx(1.0)  # the vote labelled the rest right
+    b = cluster_embeddings(x, 2, method="spectral", seed=4, standardise=False)
+    assert np.array_equal(a, b)
 
 
 def test_clustering_is_reproducible_for_a_seed():
@@ -129,7 +171,7 @@ def test_clustering_rejects_bad_input():
     x, _ = blobs(n_per=5)
     with pytest.raises(ValueError, match="n_clusters"):
         cluster_embeddings(x, 100)
-    with pytest.raises(ValueError, match="unknown clustering method"):
+    with pytest.raises(ValueError, match="unknown clustering method.*'spectral'"):
         cluster_embeddings(x, 2, method="dbscan")
     bad = x.copy()
     bad[0, 0] = np.nan

@@ -305,11 +305,18 @@ def test_latent_maps_compare_the_clusters_with_pca_of_the_patterns(
     results = read_results(latent.export(tmp_path / "maps.h5"))
     np.testing.assert_array_equal(results["extra"]["pca_cluster_labels"], latent.pca_labels)
 
-    # another k reuses the scores; a clustering without the comparison drops the stale layer
+    # another k and method reuse the scores; a clustering without the comparison drops the
+    # stale layer
     latent.n_clusters.setValue(2)
+    latent.method.setCurrentText("spectral")
     with qtbot.waitSignal(latent.clustered, timeout=60_000):
         latent.cluster()
-    assert len(calls) == 1 and latent.pca_labels.max() <= 1
+    assert len(calls) == 1
+    np.testing.assert_array_equal(
+        latent.labels, cluster_embeddings(state.embeddings, 2, method="spectral"))
+    np.testing.assert_array_equal(
+        latent.pca_labels,
+        match_labels(latent.labels, cluster_embeddings(scores, 2, method="spectral")))
     latent.compare_pca.setChecked(False)
     with qtbot.waitSignal(latent.clustered, timeout=60_000):
         latent.cluster()

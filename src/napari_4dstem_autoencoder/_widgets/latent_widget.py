@@ -101,7 +101,11 @@ class LatentMapsWidget(QWidget):
         form = QFormLayout(box)
         self.n_clusters = QSpinBox(minimum=2, maximum=64, value=5)
         self.method = QComboBox()
-        self.method.addItems(["kmeans", "gmm"])
+        self.method.addItems(["kmeans", "gmm", "spectral"])
+        self.method.setToolTip(
+            "kmeans: compact clusters; gmm: elongated (full-covariance) clusters; spectral: "
+            "connected clusters of a nearest-neighbour graph, which follows a phase whose "
+            "patterns drift (e.g. with thickness) where k-means cuts it")
         # on: every live dimension scaled to unit variance first; off: distances in the
         # latent space as the network made it (the geometry PCA + k-means uses)
         self.standardise = QCheckBox("scale every dimension to unit variance")
