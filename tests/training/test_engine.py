@@ -10,8 +10,8 @@ import torch
 from napari_4dstem_autoencoder.models.autoencoder import Autoencoder
 from napari_4dstem_autoencoder.training.checkpoints import load_checkpoint
 from napari_4dstem_autoencoder.training.data import (CachedPatterns, StreamedPatterns,
-                                                     fit_preprocessor, preview_grid,
-                                                     split_positions)
+                                                     fit_preprocessor_on, preview_grid,
+                                                     reference_positions, split_positions)
 from napari_4dstem_autoencoder.training.engine import train
 from napari_4dstem_autoencoder.training.events import (BatchEnd, CheckpointSaved, EpochEnd,
                                                        Failed, Finished, Preview, Started)
@@ -166,7 +166,7 @@ def test_streamed_and_cached_patterns_agree(tiny_dataset, tiny_config):
     from napari_4dstem_autoencoder.io.preprocess import PreprocessConfig
     ds = tiny_dataset(scan_shape=(4, 5))
     idx = np.array([7, 0, 19, 3])
-    prep = fit_preprocessor(ds, PreprocessConfig(), idx)
+    prep = fit_preprocessor_on(ds.patterns(reference_positions(idx)), PreprocessConfig())
     streamed = StreamedPatterns(ds, prep, idx)
     cached = CachedPatterns.load(ds, prep, idx)
     got = torch.stack(streamed.__getitems__([2, 0, 1]))
@@ -230,6 +230,37 @@ def test_prior_preset_starts_from_the_training_mean_pattern(tiny_dataset, tiny_c
     expected = train_ds.data.mean(dim=(0, 1)).clamp(1e-3, 1 - 1e-3)
     got = torch.sigmoid(model.decoder.prior_logit[0, 0])
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    gen.close()
+
+
+def test_a_streamed_run_reads_its_reference_patterns_once(tiny_dataset, tiny_config,
+                                                         monkeypatch):
+    # the preprocessing statistics and the prior are fitted on the same raw patterns: a
+    # streamed (large, maybe slow) file is read for them once, not twice
+    from napari_4dstem_autoencoder.io.dataset import Dataset4D
+    from napari_4dstem_autoencoder.models.config import get_preset
+
+    reads = []
+    real_patterns = Dataset4D.patterns
+
+    def recording(self, idx):
+        if self is dataset:  # not the in-memory copies the fits wrap around what was read
+            reads.append(tuple(np.asarray(idx).tolist()))
+        return real_patterns(self, idx)
+
+    monkeypatch.setattr(Dataset4D, "patterns", recording)
+    config = tiny_config(model=get_preset("prior"), epochs=1, preview_max_positions=0,
+                         cache_max_mb=0)
+    dataset = tiny_dataset()
+    gen = train(dataset, config)
+    started = next(gen)
+    assert isinstance(started, Started) and started.cached is False
+    train_ds = gen.gi_frame.f_locals["train_ds"]
+    reference = tuple(reference_positions(train_ds.indices, seed=config.seed).tolist())
+    assert reads == [reference]
+    mean = torch.stack([train_ds[i] for i in range(len(train_ds))]).mean(dim=(0, 1))
+    got = torch.sigmoid(gen.gi_frame.f_locals["model"].decoder.prior_logit[0, 0])
+    torch.testing.assert_close(got, mean.clamp(1e-3, 1 - 1e-3), atol=1e-5, rtol=1e-5)
     gen.close()
 
 

@@ -49,21 +49,30 @@ def split_positions(n_positions: int, subset: int | None, val_fraction: float, s
     return Split(train=train.astype(np.int64), val=val.astype(np.int64))
 
 
-def fit_preprocessor(view: Dataset4D, config: PreprocessConfig, train_idx: np.ndarray,
-                     max_patterns: int = 1024, seed: int = 0) -> Preprocessor:
-    """Fit the preprocessing statistics on (at most ``max_patterns`` of) the training positions.
+def reference_positions(train_idx: np.ndarray, max_patterns: int = 1024,
+                        seed: int = 0) -> np.ndarray:
+    """A seeded random subset (sorted) of at most ``max_patterns`` training positions.
 
-    ``view`` is already scan-cropped/binned; the fit sees only the training patterns, laid out
-    as a (N, 1, Qy, Qx) dataset, with scan operations disabled for the fit.
+    The preprocessing statistics and the model's data-derived buffers (output prior, balanced
+    loss) are fitted on the patterns at these positions, read once.
     """
-    rng = np.random.default_rng(seed)
-    idx = train_idx
+    idx = np.asarray(train_idx, dtype=np.int64)
     if idx.size > max_patterns:
+        rng = np.random.default_rng(seed)
         idx = np.sort(rng.choice(idx, size=max_patterns, replace=False))
-    sample = view.patterns(idx)
-    fit_on = Dataset4D(sample[:, None], metadata={"name": view.name})
+    return idx
+
+
+def fit_preprocessor_on(patterns: np.ndarray, config: PreprocessConfig,
+                        name: str = "") -> Preprocessor:
+    """Fit the preprocessing statistics on raw (N, Qy, Qx) patterns of a scan view.
+
+    The patterns are laid out as a (N, 1, Qy, Qx) dataset and fitted with scan operations
+    disabled (the view is already scan-cropped/binned).
+    """
+    fit_on = Dataset4D(np.asarray(patterns)[:, None], metadata={"name": name})
     detector_only = dataclasses.replace(config, scan_bin=1, scan_crop=None)
-    fitted = Preprocessor.fit(fit_on, detector_only, max_patterns=len(idx), seed=seed)
+    fitted = Preprocessor.fit(fit_on, detector_only, max_patterns=len(patterns))
     return Preprocessor(config, fitted.stats)
 
 

@@ -35,8 +35,8 @@ from ..models.config import MIN_INPUT_SIZE
 from . import distributed as ddp
 from .checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from .config import TrainConfig
-from .data import (CachedPatterns, StreamedPatterns, fit_preprocessor, preview_grid,
-                   split_positions, stack_batch)
+from .data import (CachedPatterns, StreamedPatterns, fit_preprocessor_on, preview_grid,
+                   reference_positions, split_positions, stack_batch)
 from .device import Precision, choose_precision, resolve_device
 from .events import (BatchEnd, CheckpointSaved, EpochEnd, Event, Failed, Finished, Preview,
                      Started)
@@ -103,23 +103,22 @@ def embed_tensor(model: Autoencoder, x: torch.Tensor, device: torch.device, prec
     return torch.cat(out).numpy()
 
 
-def _reference_patterns(train_ds, view, preprocessor, train_idx: np.ndarray, seed: int,
-                        max_patterns: int = 1024) -> torch.Tensor:
+def _reference_patterns(train_ds, preprocessor, reference_raw: np.ndarray | None,
+                        seed: int, max_patterns: int = 1024) -> torch.Tensor:
     """Up to ``max_patterns`` preprocessed training patterns (N, H, W), a seeded random subset.
 
-    What the data-derived buffers (output prior, balanced loss) are computed from.
+    What the data-derived buffers (output prior, balanced loss) are computed from: taken from
+    the cache when the training patterns are cached, otherwise the raw patterns the
+    preprocessor was fitted on (read once, at the same positions), preprocessed.
     """
-    rng = np.random.default_rng(seed)
     if isinstance(train_ds, CachedPatterns):
         data = train_ds.data
         if data.shape[0] > max_patterns:
+            rng = np.random.default_rng(seed)
             data = data[torch.from_numpy(np.sort(rng.choice(data.shape[0], max_patterns,
                                                             replace=False)))]
         return data[:, 0]
-    idx = train_idx
-    if idx.size > max_patterns:
-        idx = np.sort(rng.choice(idx, size=max_patterns, replace=False))
-    return CachedPatterns.load(view, preprocessor, idx).data[:, 0]
+    return torch.from_numpy(preprocessor.transform_patterns(reference_raw))
 
 
 def _set_data_buffers(model: Autoencoder, patterns: torch.Tensor) -> None:
@@ -188,8 +187,10 @@ def train(
         view = Preprocessor(config.preprocess).scan_view(dataset)
     split = split_positions(view.n_patterns, config.train_subset, config.val_fraction,
                             config.seed)
+    reference_raw = None  # raw patterns the fits below share, read once
     if resumed is None:
-        preprocessor = fit_preprocessor(view, config.preprocess, split.train, seed=config.seed)
+        reference_raw = view.patterns(reference_positions(split.train, seed=config.seed))
+        preprocessor = fit_preprocessor_on(reference_raw, config.preprocess, view.name)
     input_shape = preprocessor.output_shape(view.detector_shape)
     if min(input_shape) < MIN_INPUT_SIZE:
         raise ValueError(
@@ -219,8 +220,9 @@ def train(
         model.load_state_dict(resumed.model.state_dict())
     elif (model_config.output_prior != "none"
           or model_config.reconstruction_weighting == "pca_balanced"):
-        _set_data_buffers(model, _reference_patterns(train_ds, view, preprocessor, split.train,
+        _set_data_buffers(model, _reference_patterns(train_ds, preprocessor, reference_raw,
                                                      config.seed))
+    del reference_raw
     use_sync_bn = ctx.enabled and device.type == "cuda" and config.sync_batchnorm in (True, "auto")
     if use_sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
