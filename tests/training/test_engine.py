@@ -264,6 +264,24 @@ def test_a_streamed_run_reads_its_reference_patterns_once(tiny_dataset, tiny_con
     gen.close()
 
 
+def test_cached_and_streamed_data_give_the_same_reference_patterns(tiny_dataset):
+    # the buffers of a cached run are fitted on the cache's rows at the reference positions
+    from napari_4dstem_autoencoder.io.preprocess import PreprocessConfig
+    from napari_4dstem_autoencoder.training.engine import _reference_patterns
+
+    ds = tiny_dataset(scan_shape=(4, 5))
+    train_idx = np.array([0, 2, 3, 5, 7, 8, 11, 13, 17, 19])
+    ref = reference_positions(train_idx, max_patterns=4, seed=3)
+    assert ref.size == 4 and set(ref) <= set(train_idx) and np.all(np.diff(ref) > 0)
+    prep = fit_preprocessor_on(ds.patterns(ref), PreprocessConfig())
+    cached = _reference_patterns(CachedPatterns.load(ds, prep, train_idx), prep, None, seed=3,
+                                 max_patterns=4)
+    streamed = _reference_patterns(StreamedPatterns(ds, prep, train_idx), prep,
+                                   ds.patterns(ref), seed=3, max_patterns=4)
+    assert cached.shape == (4, 32, 32)
+    torch.testing.assert_close(cached, streamed)
+
+
 def test_balanced_preset_fits_its_loss_on_training_patterns_and_checkpoints_it(
         tiny_dataset, tiny_config, tmp_path):
     from napari_4dstem_autoencoder.models.balance import principal_directions

@@ -112,12 +112,9 @@ def _reference_patterns(train_ds, preprocessor, reference_raw: np.ndarray | None
     preprocessor was fitted on (read once, at the same positions), preprocessed.
     """
     if isinstance(train_ds, CachedPatterns):
-        data = train_ds.data
-        if data.shape[0] > max_patterns:
-            rng = np.random.default_rng(seed)
-            data = data[torch.from_numpy(np.sort(rng.choice(data.shape[0], max_patterns,
-                                                            replace=False)))]
-        return data[:, 0]
+        # the same positions: the cache holds the training positions in order
+        rows = reference_positions(np.arange(len(train_ds)), max_patterns, seed)
+        return train_ds.data[torch.from_numpy(rows), 0]
     return torch.from_numpy(preprocessor.transform_patterns(reference_raw))
 
 
