@@ -18,7 +18,7 @@ import warnings
 from typing import Literal
 
 import numpy as np
-from sklearn.cluster import KMeans
+from sklearn.cluster import KMeans, SpectralClustering
 from sklearn.decomposition import PCA, IncrementalPCA
 from sklearn.metrics import adjusted_rand_score
 from sklearn.mixture import GaussianMixture
@@ -127,8 +127,6 @@ def spectral_labels(features: np.ndarray, n_clusters: int, seed: int = 0) -> np.
     other positions take the majority label of their nearest subset neighbours, so a
     256 x 256 scan costs about what a 90 x 90 one does.
     """
-    from sklearn.cluster import SpectralClustering
-
     n = features.shape[0]
     if n_clusters == 1:
         return np.zeros(n, dtype=np.int64)
