@@ -165,10 +165,7 @@ def pca_kmeans_baseline(
     leading scan shape. The principal components are not standardised (as in the usual
     PCA + k-means recipe); ``n_components`` is capped by the data's rank limits.
     """
-    x = np.asarray(patterns, dtype=np.float32)
-    if x.ndim not in (3, 4):
-        raise ValueError(f"patterns must be (N, Qy, Qx) or (Ry, Rx, Qy, Qx), got {x.shape}")
-    scores, _ = pca_scores(x, n_components, seed=seed)
+    scores, _ = pca_scores(patterns, n_components, seed=seed)  # checks the shape
     flat = scores.reshape(-1, scores.shape[-1])
     k = _check_k(n_clusters, flat.shape[0])
     labels = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(flat)
