@@ -6,7 +6,8 @@ patterns is 98-99 % class-pure. This loss asks the encoder to keep that graph: f
 of a batch one of its ``--k`` nearest patterns (Euclidean, on the preprocessed patterns) is
 encoded as well; the pair pays ``-log q(d)``, every other pair of the batch ``-log(1 - q(d))``,
 with ``q(d) = 1 / (1 + A d^(2B))`` (UMAP's curve for min_dist 0.1). The total is `prior`'s
-loss + ``--lam`` times this. No parameters are added.
+loss + ``--lam`` times this. No parameters are added. ``--loss ratio`` replaces it with the
+pair's squared distance over the batch's mean squared distance (a trace ratio, no repulsion).
 
 A plain loop around ``Autoencoder`` with the engine's settings (output prior from the mean
 pattern, Adam, batch 32, log + normalise, detector bin 2, BN recalibrated on 256 patterns
@@ -18,6 +19,7 @@ docs/model.md ("A neighbour-preserving loss") has the table this produced.
     python benchmarks/screen_neighbour_loss.py sim --seed 2 --lam 0.1 --lr 3e-4 --marks 3,10
     python benchmarks/screen_neighbour_loss.py sample --seed 1 --lam 0.1 --threads 2 \\
         --step-marks 100,200
+    python benchmarks/screen_neighbour_loss.py sample --seed 1 --loss ratio --step-marks 50
     python benchmarks/screen_neighbour_loss.py sample --device cuda --step-marks 200,500,1000
 """
 
@@ -60,12 +62,30 @@ def neighbour_loss(z: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Ten
             -torch.log((1 - q[others]).clamp_min(1e-6)).mean())
 
 
+def neighbour_ratio(z: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(pair term, 0) for ``--loss ratio``: the anchors' mean squared distance to their
+    neighbours over the mean squared distance between all embeddings of the batch.
+
+    The graph Laplacian's trace ratio on a batch: small when neighbours sit close compared with
+    the spread of the batch, which is the within/between ratio k-means minimises. Scale-free, so
+    it cannot shrink the embedding to win; but nothing keeps the dimensions apart, and on the
+    sample it wins by putting all the spread on one direction (docs/model.md).
+    """
+    anchors, neighbours = z[:batch], z[batch:]
+    near = (anchors - neighbours).pow(2).sum(1).mean()
+    spread = torch.cdist(z, z).pow(2).sum() / (z.shape[0] * (z.shape[0] - 1))
+    return near / (spread + 1e-8), torch.zeros((), device=z.device)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("data", choices=["sim", "sample"])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--lam", type=float, default=0.1, help="weight of the neighbour loss")
     ap.add_argument("--k", type=int, default=10, help="neighbours per pattern in the graph")
+    ap.add_argument("--loss", choices=["umap", "ratio"], default="umap",
+                    help="umap: attract the pair, repel the batch; ratio: neighbour distance "
+                         "over batch spread")
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--marks", default="3,10", help="minutes of training at which to score")
@@ -84,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     graph = NearestNeighbors(n_neighbors=a.k + 1).fit(flat).kneighbors(flat)[1][:, 1:]
     purity = (task.labels.ravel()[graph] == task.labels.ravel()[:, None]).mean()
     print(f"{a.data}: {n} patterns of {x.shape[1]}x{x.shape[2]}; {a.k}-neighbour graph "
-          f"{100 * purity:.1f} % class-pure; lambda {a.lam}, Adam {a.lr}, batch {bs}, "
+          f"{100 * purity:.1f} % class-pure; {a.loss} loss, lambda {a.lam}, Adam {a.lr}, batch {bs}, "
           f"seed {a.seed}, {a.threads} thread(s), {device}", flush=True)
     X = torch.from_numpy(x).unsqueeze(1).to(device)
     model = Autoencoder(out_shape=x.shape[1:], config=get_preset("prior")).to(device)
@@ -116,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
             z_all = model.encoder(torch.cat([xb, X[neighbours]]))
             z = z_all[:bs]
             losses = model.compute_loss(xb, model.decoder(z, tuple(xb.shape[-2:])), z)
-            pair, other = neighbour_loss(z_all, bs)
+            pair, other = (neighbour_loss if a.loss == "umap" else neighbour_ratio)(z_all, bs)
             opt.zero_grad()
             (losses["total"] + a.lam * (pair + other)).backward()
             opt.step()

@@ -9,6 +9,7 @@ import pytest
 
 from napari_4dstem_autoencoder.analysis.clustering import (
     adjusted_rand,
+    ClassMeans,
     class_mean_patterns,
     cluster_embeddings,
     effective_dimensions,
@@ -307,6 +308,51 @@ def test_class_mean_patterns_ignore_negative_labels_and_report_empty_classes():
     assert np.all(means[1] == 0) and np.all(means[3] == 0)
     with pytest.raises(ValueError, match="positions"):
         class_mean_patterns(patterns, labels[:3])
+
+
+@pytest.mark.parametrize("in_memory", [True, False], ids=["exact_pca", "incremental_pca"])
+def test_pca_scores_feed_class_means_from_the_same_read(in_memory, monkeypatch):
+    from napari_4dstem_autoencoder.analysis import clustering
+
+    class Halver:
+        def transform_patterns(self, raw):
+            return np.asarray(raw, dtype=np.float32)[:, ::2, ::2]
+
+    truth = np.repeat(np.arange(3), 24)
+    patterns, _ = disc_patterns(truth, noise=0.02)
+    ds = Dataset4D(da.from_array(patterns.reshape(8, 9, 32, 32), chunks=(3, 9, 32, 32)))
+    lab_map = np.roll(truth, 5).reshape(8, 9)  # classes that straddle the chunks
+    reads, seen = [], []
+    real = clustering._pattern_chunks
+
+    def counting(*args, **kwargs):
+        reads.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(clustering, "_pattern_chunks", counting)
+    means = ClassMeans(lab_map, 4)
+
+    def visit(start, block):
+        seen.extend(range(start, start + len(block)))
+        means.add(start, block)
+
+    scores, _ = pca_scores(ds, 5, preprocessor=Halver(), chunk_size=18,
+                           max_in_memory_bytes=2**30 if in_memory else 0, on_block=visit)
+    assert len(reads) == (1 if in_memory else 2)  # the incremental fit reads twice
+    assert seen == list(range(72))  # each pattern once, in scan order, on the first read only
+    assert scores.shape == (8, 9, 5)
+    expected = class_mean_patterns(patterns, lab_map, n_clusters=4, preprocessor=Halver())
+    np.testing.assert_allclose(means.result(), expected, rtol=1e-6, atol=1e-7)
+    assert means.counts.tolist() == [24, 24, 24, 0]
+
+
+def test_class_means_refuse_a_partial_or_overlong_scan():
+    means = ClassMeans(np.zeros(6, int))
+    means.add(0, np.ones((4, 8, 8), dtype=np.float32))
+    with pytest.raises(ValueError, match="6 positions but 4 patterns were added"):
+        means.result()
+    with pytest.raises(ValueError, match="6 positions but there are more patterns"):
+        means.add(4, np.ones((3, 8, 8), dtype=np.float32))
 
 
 def test_class_mean_patterns_apply_a_preprocessor_per_chunk():

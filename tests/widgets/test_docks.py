@@ -270,8 +270,10 @@ def test_latent_maps_composite_clusters_and_export(make_napari_viewer, qtbot, tm
 
 def test_latent_maps_compare_the_clusters_with_pca_of_the_patterns(
         make_napari_viewer, qtbot, tmp_path, checkpoint, open_dock, monkeypatch):
+    from napari_4dstem_autoencoder.analysis import clustering
     from napari_4dstem_autoencoder.analysis.clustering import (
         adjusted_rand,
+        class_mean_patterns,
         cluster_embeddings,
         match_labels,
         pca_scores,
@@ -282,18 +284,30 @@ def test_latent_maps_compare_the_clusters_with_pca_of_the_patterns(
     latent = open_dock(viewer, "Latent maps")
     latent.n_clusters.setValue(3)
     latent.compare_pca.setChecked(True)
-    calls = []
-    real_scores = backend.pca_scores
+    calls, reads = [], []
+    real_scores, real_chunks = backend.pca_scores, clustering._pattern_chunks
 
     def counting(*args, **kwargs):
         calls.append(args)
         return real_scores(*args, **kwargs)
 
+    def counting_reads(*args, **kwargs):
+        reads.append(args[0])
+        return real_chunks(*args, **kwargs)
+
     monkeypatch.setattr(backend, "pca_scores", counting)
+    monkeypatch.setattr(clustering, "_pattern_chunks", counting_reads)
     with qtbot.waitSignal(latent.clustered, timeout=60_000):
         latent.cluster()
+    # the scan is read once for the PCA scores and the class means together
+    assert len(reads) == 1
+    monkeypatch.setattr(clustering, "_pattern_chunks", real_chunks)
     prep = state.model.preprocessor
-    scores, explained = pca_scores(prep.scan_view(state.dataset), 10, preprocessor=prep)
+    view = prep.scan_view(state.dataset)
+    np.testing.assert_allclose(
+        latent.class_means, class_mean_patterns(view, latent.labels, 3, preprocessor=prep),
+        rtol=1e-6, atol=1e-7)
+    scores, explained = pca_scores(view, 10, preprocessor=prep)
     expected = match_labels(latent.labels, cluster_embeddings(scores, 3))
     np.testing.assert_array_equal(latent.pca_labels, expected)
     layer = viewer.layers["PCA clusters"]
@@ -314,6 +328,9 @@ def test_latent_maps_compare_the_clusters_with_pca_of_the_patterns(
     assert len(calls) == 1
     np.testing.assert_array_equal(
         latent.labels, cluster_embeddings(state.embeddings, 2, method="spectral"))
+    np.testing.assert_allclose(
+        latent.class_means, class_mean_patterns(view, latent.labels, 2, preprocessor=prep),
+        rtol=1e-6, atol=1e-7)
     np.testing.assert_array_equal(
         latent.pca_labels,
         match_labels(latent.labels, cluster_embeddings(scores, 2, method="spectral")))

@@ -159,11 +159,13 @@ def cluster(embeddings: np.ndarray, n_clusters: int, method: str, seed: int = 0,
                                          standardise=standardise))
 
 
-def pca_scores(view: Any, preprocessor: Any, n_components: int) -> tuple[np.ndarray, np.ndarray]:
-    """PCA scores ``(Ry, Rx, n)`` of the (preprocessed) patterns and their explained variance."""
+def pca_scores(view: Any, preprocessor: Any, n_components: int,
+               on_block: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    """PCA scores ``(Ry, Rx, n)`` of the (preprocessed) patterns and their explained variance;
+    ``on_block(start, block)`` sees each preprocessed block of the first read."""
     from ..analysis.clustering import pca_scores as scores
 
-    return scores(view, n_components, preprocessor=preprocessor)
+    return scores(view, n_components, preprocessor=preprocessor, on_block=on_block)
 
 
 def compare_with_pca(labels: np.ndarray, pca: tuple[np.ndarray, np.ndarray], n_clusters: int,
@@ -175,12 +177,6 @@ def compare_with_pca(labels: np.ndarray, pca: tuple[np.ndarray, np.ndarray], n_c
                                               standardise=standardise))
     return {"pca_labels": pca_labels, "agreement": adjusted_rand(labels, pca_labels),
             "same_fraction": float(np.mean(pca_labels == labels))}
-
-
-def class_means(dataset: Any, labels: np.ndarray) -> np.ndarray:
-    from ..analysis.clustering import class_mean_patterns
-
-    return np.asarray(class_mean_patterns(dataset, labels))
 
 
 def project(embeddings: np.ndarray, method: str = "pca", seed: int = 0) -> np.ndarray:

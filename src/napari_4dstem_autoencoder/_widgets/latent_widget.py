@@ -209,16 +209,22 @@ class LatentMapsWidget(QWidget):
         cached = self._pca_cache[1] if self._pca_cache and self._pca_cache[0] == key else None
 
         def work() -> dict[str, Any]:
-            labels = backend.cluster(emb, k, method, standardise=standardise)
-            from ..analysis.clustering import class_mean_patterns
+            from ..analysis.clustering import ClassMeans, class_mean_patterns
 
-            means = class_mean_patterns(view, labels, n_clusters=k, preprocessor=prep)
-            out = {"labels": labels, "means": np.asarray(means)}
+            labels = backend.cluster(emb, k, method, standardise=standardise)
+            if tuple(view.scan_shape) != labels.shape:
+                raise ValueError(f"the patterns give {tuple(view.scan_shape)} positions but the "
+                                 f"embeddings {labels.shape}: embed this dataset again")
+            out: dict[str, Any] = {"labels": labels}
+            if compare and cached is None:
+                # one read of the scan gives both the PCA scores and the class means
+                means = ClassMeans(labels, k)
+                pca = backend.pca_scores(view, prep, BASELINE_COMPONENTS, on_block=means.add)
+                out["means"] = means.result()
+            else:
+                pca = cached
+                out["means"] = class_mean_patterns(view, labels, n_clusters=k, preprocessor=prep)
             if compare:
-                pca = cached or backend.pca_scores(view, prep, BASELINE_COMPONENTS)
-                if pca[0].shape[:2] != labels.shape:
-                    raise ValueError(f"the patterns give {pca[0].shape[:2]} positions but the "
-                                     f"embeddings {labels.shape}: embed this dataset again")
                 out.update(backend.compare_with_pca(labels, pca, k, method, standardise))
                 out["pca"], out["key"] = pca, key
             return out

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import warnings
+from collections.abc import Callable
 from typing import Literal
 
 import numpy as np
@@ -51,7 +52,7 @@ SPECTRAL_NEIGHBOURS = 10
 STANDARDISE_DEFAULT = True
 
 __all__ = [
-    "adjusted_rand", "class_mean_patterns", "cluster_embeddings", "effective_dimensions",
+    "ClassMeans", "adjusted_rand", "class_mean_patterns", "cluster_embeddings", "effective_dimensions",
     "linear_probe_ari", "live_dimensions", "match_labels", "pca_kmeans_baseline", "pca_scores",
     "per_class_reconstruction_quality", "project_2d", "reconstruction_quality",
     "relabel_by_size", "spectral_labels",
@@ -184,6 +185,7 @@ def pca_scores(
     seed: int = 0,
     chunk_size: int = 512,
     max_in_memory_bytes: int = PCA_IN_MEMORY_BYTES,
+    on_block: Callable[[int, np.ndarray], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Scores of every pattern on the leading principal components, and what they explain.
 
@@ -195,6 +197,10 @@ def pca_scores(
     explains ``(n,)``; ``n`` is ``n_components`` capped by the number of patterns and pixels.
     Up to ``max_in_memory_bytes`` of patterns the PCA is exact (scikit-learn ``PCA``); above,
     it is scikit-learn's ``IncrementalPCA``, fitted chunk by chunk.
+
+    ``on_block(start, block)``, when given, sees every preprocessed ``(n, Qy, Qx)`` block of
+    the first read in scan order, so other per-pattern statistics (e.g. :class:`ClassMeans`)
+    need no read of their own.
     """
     src = dataset_or_patterns
     if _is_dataset(src):
@@ -205,18 +211,20 @@ def pca_scores(
             raise ValueError(f"patterns must be (N, Qy, Qx) or (Ry, Rx, Qy, Qx), got {shape}")
         lead, n = tuple(shape[:-2]), int(np.prod(shape[:-2]))
 
-    def blocks():
-        for _, block in _pattern_chunks(src, None, chunk_size):
+    def blocks(visit=None):
+        for start, block in _pattern_chunks(src, None, chunk_size):
             if preprocessor is not None:
                 block = preprocessor.transform_patterns(block)
             flat = np.asarray(block, dtype=np.float32).reshape(block.shape[0], -1)
             if not np.all(np.isfinite(flat)):
                 raise ValueError("patterns contain NaN or Inf values")
+            if visit is not None:
+                visit(start, flat.reshape(block.shape))
             yield flat
 
     if n < 1:
         raise ValueError("no patterns to analyse")
-    stream = blocks()
+    stream = blocks(on_block)  # the incremental fit reads once more, without the visit
     first = next(stream)
     d = first.shape[1]
     nc = max(1, min(int(n_components), n, d))
@@ -332,6 +340,52 @@ def _pattern_chunks(dataset_or_patterns, n_positions: int | None, chunk_size: in
         yield s, arr[s:s + int(chunk_size)]
 
 
+class ClassMeans:
+    """Per-class running sums of patterns, fed block by block in scan order.
+
+    ``labels`` has the scan shape (or ``(N,)``); negative labels are ignored. ``K`` is
+    ``n_clusters`` or ``labels.max() + 1``. Feed every pattern once with :meth:`add` (e.g. as
+    :func:`pca_scores`' ``on_block``), then read :meth:`result`.
+    """
+
+    def __init__(self, labels: np.ndarray, n_clusters: int | None = None) -> None:
+        lab = np.asarray(labels).astype(np.int64, copy=False).ravel()
+        k = int(n_clusters) if n_clusters is not None else int(lab.max()) + 1 if lab.size else 0
+        if k < 1:
+            raise ValueError("labels hold no class (all negative or empty)")
+        if lab.max(initial=-1) >= k:
+            raise ValueError(f"labels go up to {lab.max()} but n_clusters={k}")
+        self.labels, self.k = lab, k
+        self.counts = np.zeros(k, dtype=np.int64)
+        self._sums: np.ndarray | None = None
+        self._pattern_shape: tuple[int, ...] = ()
+        self._seen = 0
+
+    def add(self, start: int, block: np.ndarray) -> None:
+        """Add the ``(n, Qy, Qx)`` patterns at scan positions ``start … start + n - 1``."""
+        n = block.shape[0]
+        if start + n > self.labels.size:
+            raise ValueError(f"labels have {self.labels.size} positions but there are more "
+                             f"patterns (up to position {start + n})")
+        lb = self.labels[start:start + n]
+        keep = lb >= 0
+        onehot = np.zeros((self.k, n))
+        onehot[lb[keep], np.nonzero(keep)[0]] = 1.0
+        part = onehot @ np.asarray(block, dtype=np.float64).reshape(n, -1)
+        self._sums = part if self._sums is None else self._sums + part
+        self.counts += onehot.sum(axis=1).astype(np.int64)
+        self._pattern_shape = tuple(block.shape[1:])
+        self._seen += n
+
+    def result(self) -> np.ndarray:
+        """Mean pattern of every class ``(K, Qy, Qx)`` float32; an empty class is all zeros."""
+        if self._seen != self.labels.size:
+            raise ValueError(f"labels have {self.labels.size} positions but "
+                             f"{self._seen} patterns were added")
+        means = self._sums / np.maximum(self.counts, 1)[:, None]
+        return means.reshape(self.k, *self._pattern_shape).astype(np.float32)
+
+
 def class_mean_patterns(
     dataset_or_patterns,
     labels: np.ndarray,
@@ -350,27 +404,10 @@ def class_mean_patterns(
     ``K`` is ``n_clusters`` or ``labels.max() + 1``; an empty class gives an all-zero pattern
     (its count is 0 in ``counts`` when ``return_counts``).
     """
-    lab = np.asarray(labels).astype(np.int64, copy=False).ravel()
-    k = int(n_clusters) if n_clusters is not None else int(lab.max()) + 1 if lab.size else 0
-    if k < 1:
-        raise ValueError("labels hold no class (all negative or empty)")
-    if lab.max(initial=-1) >= k:
-        raise ValueError(f"labels go up to {lab.max()} but n_clusters={k}")
-
-    sums = None
-    counts = np.zeros(k, dtype=np.int64)
-    for start, block in _pattern_chunks(dataset_or_patterns, lab.size, chunk_size):
+    acc = ClassMeans(labels, n_clusters)
+    for start, block in _pattern_chunks(dataset_or_patterns, acc.labels.size, chunk_size):
         if preprocessor is not None:
             block = preprocessor.transform_patterns(block)
-        block = np.asarray(block, dtype=np.float64)
-        lb = lab[start:start + block.shape[0]]
-        keep = lb >= 0
-        onehot = np.zeros((k, block.shape[0]))
-        onehot[lb[keep], np.nonzero(keep)[0]] = 1.0
-        flat = block.reshape(block.shape[0], -1)
-        part = onehot @ flat
-        sums = part if sums is None else sums + part
-        counts += onehot.sum(axis=1).astype(np.int64)
-    means = sums / np.maximum(counts, 1)[:, None]
-    means = means.reshape(k, *block.shape[-2:]).astype(np.float32)
-    return (means, counts) if return_counts else means
+        acc.add(start, block)
+    means = acc.result()
+    return (means, acc.counts) if return_counts else means
