@@ -2,16 +2,11 @@
 # CUDA checks in one go (for a lent GPU machine): the cuda-marked tests, then the training /
 # embedding benchmark with and without torch.compile. Run from the repository root; pass an
 # output folder (default ./bench_out). Missing pure-Python packages (dask, partd, locket) may
-# be provided as wheels in ./.whl.
+# be provided as wheels in ./.whl (device_env.sh).
 set -o pipefail
 OUT_DIR=${1:-bench_out}
 mkdir -p "$OUT_DIR"
-if ls .whl/dask-*.whl >/dev/null 2>&1 && ! python3 -c "import dask" 2>/dev/null; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target /tmp/site .whl/dask-*.whl .whl/partd-*.whl .whl/locket-*.whl || exit 1
-    export PYTHONPATH=/tmp/site:${PYTHONPATH}
-fi
-export PYTHONPATH=$PWD/src:${PYTHONPATH} PYTHONUNBUFFERED=1
+source benchmarks/device_env.sh
 nvidia-smi -L
 timeout 150 python3 -m pytest tests/training/test_cuda.py -q -p no:cacheprovider -rA 2>&1 | tail -15 | tee "$OUT_DIR/cuda_tests.txt"
 timeout 240 python3 benchmarks/bench_train.py --device cuda --batch-size 128 --steps 10 \

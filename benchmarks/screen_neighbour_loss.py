@@ -92,11 +92,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--step-marks", default="", help="optimiser steps at which to score")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--sim-path", type=Path, default=ep.SIM_PATH)
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
     device = torch.device(a.device)
-    task = ep.load_sim(ep.SIM_PATH) if a.data == "sim" else ep.load_sample(32)
+    task = ep.load_sim(a.sim_path) if a.data == "sim" else ep.load_sample(32)
     x = ep.preprocess_all(task, Preprocessor.fit(task.dataset, PreprocessConfig(detector_bin=2)))
     x = x.astype(np.float32)
     n, bs = x.shape[0], a.batch_size
