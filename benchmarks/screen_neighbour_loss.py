@@ -105,8 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     graph = NearestNeighbors(n_neighbors=a.k + 1).fit(flat).kneighbors(flat)[1][:, 1:]
     purity = (task.labels.ravel()[graph] == task.labels.ravel()[:, None]).mean()
     print(f"{a.data}: {n} patterns of {x.shape[1]}x{x.shape[2]}; {a.k}-neighbour graph "
-          f"{100 * purity:.1f} % class-pure; {a.loss} loss, lambda {a.lam}, Adam {a.lr}, batch {bs}, "
-          f"seed {a.seed}, {a.threads} thread(s), {device}", flush=True)
+          f"{100 * purity:.1f} % class-pure; {a.loss} loss, lambda {a.lam}, Adam {a.lr}, "
+          f"batch {bs}, seed {a.seed}, {a.threads} thread(s), {device}", flush=True)
     X = torch.from_numpy(x).unsqueeze(1).to(device)
     model = Autoencoder(out_shape=x.shape[1:], config=get_preset("prior")).to(device)
     rng = np.random.default_rng(a.seed)

@@ -52,10 +52,10 @@ SPECTRAL_NEIGHBOURS = 10
 STANDARDISE_DEFAULT = True
 
 __all__ = [
-    "ClassMeans", "adjusted_rand", "class_mean_patterns", "cluster_embeddings", "effective_dimensions",
-    "linear_probe_ari", "live_dimensions", "match_labels", "pca_kmeans_baseline", "pca_scores",
-    "per_class_reconstruction_quality", "project_2d", "reconstruction_quality",
-    "relabel_by_size", "spectral_labels",
+    "ClassMeans", "adjusted_rand", "class_mean_patterns", "cluster_embeddings",
+    "effective_dimensions", "linear_probe_ari", "live_dimensions", "match_labels",
+    "pca_kmeans_baseline", "pca_scores", "per_class_reconstruction_quality", "project_2d",
+    "reconstruction_quality", "relabel_by_size", "spectral_labels",
 ]
 
 
