@@ -8,6 +8,9 @@ encoded as well; the pair pays ``-log q(d)``, every other pair of the batch ``-l
 with ``q(d) = 1 / (1 + A d^(2B))`` (UMAP's curve for min_dist 0.1). The total is `prior`'s
 loss + ``--lam`` times this. No parameters are added. ``--loss ratio`` replaces it with the
 pair's squared distance over the batch's mean squared distance (a trace ratio, no repulsion).
+``--loss graph`` replaces it with the graph teacher of the ``graph`` preset
+(``training/graph_teacher.py``: the batch's embeddings matched to diffusion-map coordinates of
+the patterns' 15-neighbour graph; no second encoder pass), so its weight can be screened.
 
 A plain loop around ``Autoencoder`` with the engine's settings (output prior from the mean
 pattern, Adam, batch 32, log + normalise, detector bin 2, BN recalibrated on 256 patterns
@@ -20,6 +23,7 @@ docs/model.md ("A neighbour-preserving loss") has the table this produced.
     python benchmarks/screen_neighbour_loss.py sample --seed 1 --lam 0.1 --threads 2 \\
         --step-marks 100,200
     python benchmarks/screen_neighbour_loss.py sample --seed 1 --loss ratio --step-marks 50
+    python benchmarks/screen_neighbour_loss.py sim --seed 0 --loss graph --lam 1 --step-marks 40,80
     python benchmarks/screen_neighbour_loss.py sample --device cuda --step-marks 200,500,1000
 """
 
@@ -41,6 +45,7 @@ from napari_4dstem_autoencoder.io.preprocess import PreprocessConfig, Preprocess
 from napari_4dstem_autoencoder.models import Autoencoder  # noqa: E402
 from napari_4dstem_autoencoder.models.batchnorm import recalibrate_batchnorm  # noqa: E402
 from napari_4dstem_autoencoder.models.config import get_preset  # noqa: E402
+from napari_4dstem_autoencoder.training.graph_teacher import DiffusionTeacher  # noqa: E402
 
 #: UMAP's fitted curve for min_dist = 0.1, spread = 1
 A, B = 1.577, 0.895
@@ -83,9 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--lam", type=float, default=0.1, help="weight of the neighbour loss")
     ap.add_argument("--k", type=int, default=10, help="neighbours per pattern in the graph")
-    ap.add_argument("--loss", choices=["umap", "ratio"], default="umap",
+    ap.add_argument("--loss", choices=["umap", "ratio", "graph"], default="umap",
                     help="umap: attract the pair, repel the batch; ratio: neighbour distance "
-                         "over batch spread")
+                         "over batch spread; graph: the graph preset's diffusion-map teacher")
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--marks", default="3,10", help="minutes of training at which to score")
@@ -108,7 +113,12 @@ def main(argv: list[str] | None = None) -> int:
           f"{100 * purity:.1f} % class-pure; {a.loss} loss, lambda {a.lam}, Adam {a.lr}, "
           f"batch {bs}, seed {a.seed}, {a.threads} thread(s), {device}", flush=True)
     X = torch.from_numpy(x).unsqueeze(1).to(device)
-    model = Autoencoder(out_shape=x.shape[1:], config=get_preset("prior")).to(device)
+    prior = get_preset("prior")
+    teacher = None
+    if a.loss == "graph":  # the engine fits it on up to 1,024 reference patterns: here all
+        teacher = DiffusionTeacher(X[:, 0].cpu(), prior.graph_neighbours,
+                                   prior.graph_diffusion_time, prior.graph_components).to(device)
+    model = Autoencoder(out_shape=x.shape[1:], config=prior).to(device)
     rng = np.random.default_rng(a.seed)
     reference = np.sort(rng.choice(n, min(n, 1024), replace=False))  # as the engine does
     model.set_output_prior(X[reference, 0].mean(0).cpu())
@@ -134,10 +144,15 @@ def main(argv: list[str] | None = None) -> int:
             anchors = perm[s:s + bs]
             neighbours = graph[anchors, rng.integers(0, a.k, bs)]
             xb = X[anchors]
-            z_all = model.encoder(torch.cat([xb, X[neighbours]]))
-            z = z_all[:bs]
-            losses = model.compute_loss(xb, model.decoder(z, tuple(xb.shape[-2:])), z)
-            pair, other = (neighbour_loss if a.loss == "umap" else neighbour_ratio)(z_all, bs)
+            if teacher is not None:  # one pass; "pair" is the teacher's term, "other" 0
+                z = model.encoder(xb)
+                losses = model.compute_loss(xb, model.decoder(z, tuple(xb.shape[-2:])), z)
+                pair, other = teacher.loss(xb, z), torch.zeros((), device=device)
+            else:
+                z_all = model.encoder(torch.cat([xb, X[neighbours]]))
+                z = z_all[:bs]
+                losses = model.compute_loss(xb, model.decoder(z, tuple(xb.shape[-2:])), z)
+                pair, other = (neighbour_loss if a.loss == "umap" else neighbour_ratio)(z_all, bs)
             opt.zero_grad()
             (losses["total"] + a.lam * (pair + other)).backward()
             opt.step()

@@ -352,3 +352,74 @@ def test_previews_recalibrate_the_encoder_alone(tiny_dataset, tiny_config):
     assert count(model.encoder) == {2}
     assert count(model.decoder) == {1}
     gen.close()
+
+
+@pytest.mark.parametrize("cache_max_mb", [0, 64], ids=["streamed", "cached"])
+def test_graph_preset_fits_its_teacher_on_the_reference_patterns_and_again_on_resume(
+        tiny_dataset, tiny_config, tmp_path, cache_max_mb):
+    from napari_4dstem_autoencoder.models.config import get_preset
+    from napari_4dstem_autoencoder.training.graph_teacher import procrustes_mismatch
+
+    path = tmp_path / "graph.safetensors"
+    # 5 neighbours among 36 patterns of two kinds: two clouds, so the graph has a slow mode
+    model = get_preset("graph").replace(graph_neighbours=5)
+    config = tiny_config(model=model, epochs=1, batch_size=12, preview_max_positions=0,
+                         val_fraction=0.0, checkpoint_path=str(path), cache_max_mb=cache_max_mb)
+    ds = tiny_dataset(scan_shape=(6, 6))
+    gen = train(ds, config)
+    started = next(gen)
+    assert started.cached == bool(cache_max_mb)
+    teacher = gen.gi_frame.f_locals["teacher"]
+    assert teacher.has_structure
+    train_ds = gen.gi_frame.f_locals["train_ds"]
+    # all 36 training patterns (fewer than 1,024) are the teacher's references, in order
+    patterns = torch.stack(train_ds.__getitems__(list(range(len(train_ds)))))
+    torch.testing.assert_close(teacher.reference, patterns.reshape(len(patterns), -1))
+    events = list(gen)
+    assert isinstance(events[-1], Finished)
+    for b in of(events, BatchEnd):
+        assert 0 < b.losses["graph"] < 2
+        # the weight (1.0) enters the total; the other terms are small here
+        others = b.losses["total"] - b.losses["mse"] - b.losses["graph"]
+        assert 0 <= others < 0.01
+    assert load_checkpoint(path).model.config.graph_weight == 1.0
+
+    resumed = train(ds, config.replace(epochs=2), resume_from=path)
+    assert isinstance(next(resumed), Started)
+    again = resumed.gi_frame.f_locals["teacher"]
+    # fitted again, to the same geometry (the loss compares geometries, not bases)
+    assert again.has_structure
+    assert float(procrustes_mismatch(again.coords, teacher.coords)) < 1e-6
+    rest = list(resumed)
+    assert isinstance(rest[-1], Finished) and rest[-1].reason == "completed"
+    assert all(0 < b.losses["graph"] < 2 for b in of(rest, BatchEnd))
+
+
+def test_graph_preset_skips_a_teacher_without_structure(tiny_dataset, tiny_config, caplog):
+    from napari_4dstem_autoencoder.models.config import get_preset
+
+    # 9 patterns, each the other 8's neighbour (15 asked): the graph is complete, no slow mode
+    config = tiny_config(model=get_preset("graph"), epochs=1, preview_max_positions=0)
+    with caplog.at_level("WARNING"):
+        events = list(train(tiny_dataset(), config))
+    assert isinstance(events[-1], Finished)
+    assert "no slow modes" in caplog.text
+    assert all(b.losses["graph"] == 0.0 for b in of(events, BatchEnd))
+
+
+def test_presets_without_a_graph_teacher_report_its_term_as_zero(trained_run):
+    batches = of(trained_run.events, BatchEnd)
+    assert batches and all(b.losses["graph"] == 0.0 for b in batches)
+
+
+def test_graph_preset_on_two_patterns_trains_without_its_teacher(tiny_dataset, tiny_config,
+                                                                  caplog):
+    from napari_4dstem_autoencoder.models.config import get_preset
+
+    config = tiny_config(model=get_preset("graph"), epochs=1, batch_size=2,
+                         preview_max_positions=0, val_fraction=0.0)
+    with caplog.at_level("WARNING"):
+        events = list(train(tiny_dataset(scan_shape=(1, 2)), config))
+    assert isinstance(events[-1], Finished)
+    assert "graph teacher skipped: 2 training patterns" in caplog.text
+    assert all(b.losses["graph"] == 0.0 for b in of(events, BatchEnd))

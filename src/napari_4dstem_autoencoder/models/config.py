@@ -64,6 +64,13 @@ class ModelConfig:
     lambda_corr:
         weight of the mean squared off-diagonal correlation between embedding dimensions
         (``models.balance.correlation_penalty``; 0 in the seed).
+    graph_weight / graph_*:
+        weight of the graph teacher (0 in the seed: off). The engine fits diffusion-map
+        coordinates of the training patterns' ``graph_neighbours``-nearest-neighbour graph
+        (diffusion time ``graph_diffusion_time``, ``graph_components`` coordinates) on the
+        reference patterns, and adds ``graph_weight`` times the mismatch between the batch's
+        embedding geometry (on a fixed ``graph_components``-dimensional subspace) and the
+        targets' (``training/graph_teacher.py``; nothing saved, no parameters).
     """
 
     name: str = "seed"
@@ -82,6 +89,10 @@ class ModelConfig:
     balance_max_directions: int = 8
     balance_max_gain: float = 100.0
     lambda_corr: float = 0.0
+    graph_weight: float = 0.0
+    graph_neighbours: int = 15
+    graph_diffusion_time: float = 64.0
+    graph_components: int = 16
 
     def __post_init__(self) -> None:
         if self.pool_schedule not in ("quarter", "to4"):
@@ -107,6 +118,14 @@ class ModelConfig:
             raise ValueError("balance_max_gain must be at least 1")
         if self.lambda_corr < 0:
             raise ValueError("lambda_corr must be non-negative")
+        if not self.graph_weight >= 0:
+            raise ValueError("graph_weight must be non-negative")
+        if int(self.graph_neighbours) < 1:
+            raise ValueError("graph_neighbours must be at least 1")
+        if not self.graph_diffusion_time >= 0:
+            raise ValueError("graph_diffusion_time must be non-negative")
+        if not 1 <= int(self.graph_components) <= self.latent_dim:
+            raise ValueError(f"graph_components must be between 1 and {self.latent_dim}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -145,6 +164,9 @@ SEED = ModelConfig()
 #: - ``balanced``: ``prior`` + the PCA-balanced reconstruction loss + a penalty on correlation
 #:   between embedding dimensions (measured on this CPU: k-means no longer splits a grain
 #:   along its thickness gradient before it separates a strained region; docs/model.md).
+#: - ``graph``: ``prior`` + the graph teacher: the embedding is asked to keep the geometry of
+#:   the diffusion map of the patterns' nearest-neighbour graph, in which each connected cloud
+#:   of patterns (a grain drifting with thickness) is one compact blob (docs/model.md).
 POOLED4 = SEED.replace(name="pooled4", pool_schedule="to4")
 FAST = POOLED4.replace(name="fast", decoder_canvas="target")
 STABLE = FAST.replace(name="stable", divergence_form="std_hinge", divergence_eps=1e-4,
@@ -155,10 +177,11 @@ PRIOR = DECORRELATED.replace(name="prior", output_prior="mean_pattern")
 LEVELLED = PRIOR.replace(name="levelled", output_prior="mean_and_level")
 BALANCED = PRIOR.replace(name="balanced", reconstruction_weighting="pca_balanced",
                          lambda_corr=1e-2)
+GRAPH = PRIOR.replace(name="graph", graph_weight=1.0)
 
 PRESETS: dict[str, ModelConfig] = {
     c.name: c for c in (SEED, POOLED4, FAST, STABLE, CONTRAST, DECORRELATED, PRIOR,
-                         LEVELLED, BALANCED)
+                         LEVELLED, BALANCED, GRAPH)
 }
 
 DEFAULT_PRESET = "prior"

@@ -38,12 +38,13 @@ from .config import TrainConfig
 from .data import (CachedPatterns, StreamedPatterns, fit_preprocessor_on, preview_grid,
                    reference_positions, split_positions, stack_batch)
 from .device import Precision, choose_precision, resolve_device
+from .graph_teacher import DiffusionTeacher
 from .events import (BatchEnd, CheckpointSaved, EpochEnd, Event, Failed, Finished, Preview,
                      Started)
 
 log = logging.getLogger(__name__)
 
-LOSS_KEYS = ("total", "mse", "l1", "contrastive", "divergence", "balance", "correlation")
+LOSS_KEYS = ("total", "mse", "l1", "contrastive", "divergence", "balance", "correlation", "graph")
 _PREVIEW_MAX_BYTES = 256 * 1024**2
 
 
@@ -130,16 +131,50 @@ def _set_data_buffers(model: Autoencoder, patterns: torch.Tensor) -> None:
                  kept)
 
 
+def _fit_teacher(model: Autoencoder, patterns: torch.Tensor,
+                 device: torch.device) -> DiffusionTeacher | None:
+    """The graph teacher of a config with ``graph_weight > 0``, on the reference patterns
+    (``None``, with a warning, below the 3 patterns a graph needs)."""
+    cfg = model.config
+    if patterns.shape[0] < 3:
+        log.warning("graph teacher skipped: %d training patterns, a graph needs at least 3",
+                    patterns.shape[0])
+        return None
+    t0 = time.perf_counter()
+    teacher = DiffusionTeacher(patterns, cfg.graph_neighbours, cfg.graph_diffusion_time,
+                               cfg.graph_components, cfg.latent_dim)
+    if not teacher.has_structure:
+        log.warning("graph teacher skipped: the %d-neighbour graph of %d training patterns has "
+                    "no slow modes (every pattern is every other's neighbour)",
+                    cfg.graph_neighbours, patterns.shape[0])
+        return None
+    teacher.to(device)
+    log.info("graph teacher: diffusion map of %d reference patterns in %.1f s",
+             patterns.shape[0], time.perf_counter() - t0)
+    return teacher
+
+
+def _add_graph_term(losses: dict[str, torch.Tensor], teacher: DiffusionTeacher | None,
+                    weight: float, x: torch.Tensor, z: torch.Tensor) -> None:
+    """Put the graph teacher's term (0 without one) into ``losses`` and its weight into the total."""
+    if teacher is None:
+        losses["graph"] = losses["mse"].new_zeros(())
+        return
+    losses["graph"] = teacher.loss(x, z)
+    losses["total"] = losses["total"] + weight * losses["graph"]
+
+
 @torch.inference_mode()
 def _evaluate(model: Autoencoder, loader: DataLoader, device: torch.device,
               precision: Precision, lambdas: dict[str, float],
-              ctx: ddp.DistContext) -> dict[str, float]:
+              ctx: ddp.DistContext, teacher: DiffusionTeacher | None = None) -> dict[str, float]:
     sums = torch.zeros(len(LOSS_KEYS) + 1, dtype=torch.float64)
     for x in loader:
         x = precision.prepare_input(x.to(device, non_blocking=True))
         with precision.autocast():
             x_hat, z = model.encode_decode(x)
         losses = model.compute_loss(x, x_hat, z, **lambdas)
+        _add_graph_term(losses, teacher, model.config.graph_weight, x, z)
         n = x.shape[0]
         sums[:-1] += torch.stack([losses[k].detach().double().cpu() for k in LOSS_KEYS]) * n
         sums[-1] += n
@@ -213,12 +248,21 @@ def train(
     model_config = resumed.model.config if resumed is not None else config.model_config()
     model = Autoencoder(latent_dim=model_config.latent_dim, out_shape=input_shape,
                         config=model_config)
+    teacher = None
     if resumed is not None:
         model.load_state_dict(resumed.model.state_dict())
-    elif (model_config.output_prior != "none"
-          or model_config.reconstruction_weighting == "pca_balanced"):
-        _set_data_buffers(model, _reference_patterns(train_ds, preprocessor, reference_raw,
-                                                     config.seed))
+        if model_config.graph_weight > 0 and not cached:
+            # the teacher is not saved: fit it again on the same reference positions
+            reference_raw = view.patterns(reference_positions(split.train, seed=config.seed))
+    needs_buffers = resumed is None and (model_config.output_prior != "none"
+                                         or model_config.reconstruction_weighting == "pca_balanced")
+    if needs_buffers or model_config.graph_weight > 0:
+        reference = _reference_patterns(train_ds, preprocessor, reference_raw, config.seed)
+        if needs_buffers:
+            _set_data_buffers(model, reference)
+        if model_config.graph_weight > 0:
+            teacher = _fit_teacher(model, reference, device)
+        del reference
     del reference_raw
     use_sync_bn = ctx.enabled and device.type == "cuda" and config.sync_batchnorm in (True, "auto")
     if use_sync_bn:
@@ -343,6 +387,7 @@ def train(
                 with precision.autocast():
                     x_hat, z = step_module(x)
                 losses = model.compute_loss(x, x_hat, z, **lambdas)
+                _add_graph_term(losses, teacher, model_config.graph_weight, x, z)
                 values = torch.stack([losses[k].detach().double() for k in LOSS_KEYS]).cpu()
                 timed_out = deadline is not None and time.monotonic() > deadline
                 stop_now, out_of_time, non_finite = ddp.agree(
@@ -398,7 +443,7 @@ def train(
             val_means = {}
             if val_loader is not None:
                 model.eval()
-                val_means = _evaluate(model, val_loader, device, precision, lambdas, ctx)
+                val_means = _evaluate(model, val_loader, device, precision, lambdas, ctx, teacher)
                 model.train()
             lr = float(optimizer.param_groups[0]["lr"])
             monitor = val_means.get("total", train_means.get("total", math.inf))
