@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The embedding-quality runs that need a GPU's optimiser steps (docs/model.md, "Next steps"),
 # prepared to fit one device call: the neighbour-loss screen (prior + parametric-UMAP term,
-# lambda 0.1, Adam 1e-4) scored at 200, 500 and 1000 steps, and `prior` alone through the engine
-# at 0.5 and 2 minutes, each over seeds 0, 1, 2 on the sample and the simulation, all at once.
+# lambda 0.1, Adam 1e-4) scored at 200, 500 and 1000 steps, and `prior` and `graph` through the
+# engine at 0.5 and 2 minutes, each over seeds 0, 1, 2 on the sample and the simulation, all at
+# once (ten processes).
 #
 #   bash benchmarks/gpu_quality.sh OUT_DIR SIM_H5
 #
@@ -16,7 +17,7 @@ SIM=${2:-../shared/data/sim/abtem_three_region.h5}
 DEVICE=${DEVICE:-cuda} MARKS=${MARKS:-200,500,1000} BUDGETS=${BUDGETS:-0.5,2} LIMIT=${LIMIT:-480}
 mkdir -p "$OUT_DIR"
 source benchmarks/device_env.sh
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}  # seven processes share the machine's cores
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # ten processes share the machine's cores
 [ -f "$SIM" ] || { echo "no simulation file at $SIM" >&2; exit 2; }
 [ "$DEVICE" = cpu ] || nvidia-smi -L
 for data in sample sim; do
@@ -26,9 +27,13 @@ for data in sample sim; do
             > "$OUT_DIR/neighbour_${data}_seed$seed.log" 2>&1 &
     done
 done
-timeout "$LIMIT" python3 benchmarks/eval_presets.py --presets prior --datasets sim,sample \
-    --device "$DEVICE" --budgets "$BUDGETS" --seeds 0,1,2 --detector-bin 2 --sim-path "$SIM" \
-    --out "$OUT_DIR/prior" > "$OUT_DIR/prior.log" 2>&1 &
+for preset in prior graph; do
+    for data in sample sim; do
+        timeout "$LIMIT" python3 benchmarks/eval_presets.py --presets "$preset" --datasets "$data" \
+            --device "$DEVICE" --budgets "$BUDGETS" --seeds 0,1,2 --detector-bin 2 \
+            --sim-path "$SIM" --out "$OUT_DIR/${preset}_$data" > "$OUT_DIR/${preset}_$data.log" 2>&1 &
+    done
+done
 wait
 grep -h "steps:" "$OUT_DIR"/neighbour_*.log
-tail -n 12 "$OUT_DIR/prior.log"
+for log in "$OUT_DIR"/prior_*.log "$OUT_DIR"/graph_*.log; do tail -n 6 "$log"; done

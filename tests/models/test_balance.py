@@ -136,7 +136,7 @@ def test_balanced_preset_adds_buffers_not_parameters_and_uses_them_in_the_loss()
     expected = (out["mse"] + out["balance"] + 1e-4 * out["l1"] + 5e-5 * out["contrastive"]
                 + 1e-3 * out["divergence"] + 1e-2 * out["correlation"])
     torch.testing.assert_close(out["total"], expected)
-    # the default preset has neither term
+    # `prior`, which `balanced` builds on, has neither term
     plain = Autoencoder(out_shape=(32, 32), config="prior")
     out = plain.compute_loss(x, x_hat, z)
     assert float(out["balance"]) == 0.0 and float(out["correlation"]) == 0.0
