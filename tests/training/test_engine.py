@@ -36,7 +36,7 @@ def test_event_sequence_of_a_run(trained_run):
     batches = of(ev, BatchEnd)
     assert [b.global_step for b in batches] == [1, 2]
     assert set(batches[0].losses) == {"total", "mse", "l1", "contrastive", "divergence",
-                                      "balance", "correlation"}
+                                      "balance", "correlation", "graph"}
     assert all(b.patterns_per_second > 0 for b in batches)
     (epoch,) = of(ev, EpochEnd)
     assert epoch.val and epoch.train["mse"] > 0 and epoch.lr == pytest.approx(trained_run.config.lr)
