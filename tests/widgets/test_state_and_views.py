@@ -54,6 +54,17 @@ def test_loss_plot_appends_past_its_preallocation(qtbot):
     assert len(x) == n
 
 
+def test_loss_plot_draws_every_engine_loss_in_its_own_colour(qtbot):
+    from napari_4dstem_autoencoder._widgets.views import LossPlot
+    from napari_4dstem_autoencoder.training.engine import LOSS_KEYS
+
+    plot = LossPlot()
+    qtbot.addWidget(plot)
+    plot.append(1, {key: 1.0 for key in LOSS_KEYS})
+    colours = {plot._curves[key].opts["pen"].color().name() for key in LOSS_KEYS}
+    assert len(colours) == len(LOSS_KEYS)
+
+
 def test_rgb_composite_stretches_each_channel_and_ranks_channels():
     emb = np.zeros((4, 5, 3), dtype=np.float32)
     emb[..., 1] = np.arange(20).reshape(4, 5)  # varies

@@ -88,7 +88,9 @@ class LossPlot(pg.PlotWidget):
     filled part, so appending costs O(1) amortised and nothing is redrawn from a Python list.
     """
 
-    COLOURS = ["#ffffff", "#4fc3f7", "#ffb74d", "#81c784", "#e57373", "#ba68c8", "#fff176"]
+    #: one colour per loss component the engine reports (``training.engine.LOSS_KEYS``)
+    COLOURS = ["#ffffff", "#4fc3f7", "#ffb74d", "#81c784", "#e57373", "#ba68c8", "#fff176",
+               "#4db6ac"]
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent=parent, background="#262930")
