@@ -38,9 +38,10 @@ from .config import TrainConfig
 from .data import (CachedPatterns, StreamedPatterns, fit_preprocessor_on, preview_grid,
                    reference_positions, split_positions, stack_batch)
 from .device import Precision, choose_precision, resolve_device
-from .graph_teacher import DiffusionTeacher
 from .events import (BatchEnd, CheckpointSaved, EpochEnd, Event, Failed, Finished, Preview,
                      Started)
+from .graph_teacher import MIN_PATTERNS as MIN_GRAPH_PATTERNS
+from .graph_teacher import DiffusionTeacher
 
 log = logging.getLogger(__name__)
 
@@ -134,11 +135,11 @@ def _set_data_buffers(model: Autoencoder, patterns: torch.Tensor) -> None:
 def _fit_teacher(model: Autoencoder, patterns: torch.Tensor,
                  device: torch.device) -> DiffusionTeacher | None:
     """The graph teacher of a config with ``graph_weight > 0``, on the reference patterns
-    (``None``, with a warning, below the 3 patterns a graph needs)."""
+    (``None``, with a warning, when the graph would have no structure)."""
     cfg = model.config
-    if patterns.shape[0] < 3:
-        log.warning("graph teacher skipped: %d training patterns, a graph needs at least 3",
-                    patterns.shape[0])
+    if patterns.shape[0] < MIN_GRAPH_PATTERNS:
+        log.warning("graph teacher skipped: %d training patterns, a graph needs at least %d",
+                    patterns.shape[0], MIN_GRAPH_PATTERNS)
         return None
     t0 = time.perf_counter()
     teacher = DiffusionTeacher(patterns, cfg.graph_neighbours, cfg.graph_diffusion_time,

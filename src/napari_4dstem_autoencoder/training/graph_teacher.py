@@ -29,6 +29,8 @@ from sklearn.neighbors import kneighbors_graph
 
 #: nearest reference patterns whose coordinates are averaged into a pattern's target
 LOOKUP_NEIGHBOURS = 5
+#: fewest patterns a neighbour graph with any structure can have
+MIN_PATTERNS = 3
 #: seed of the fixed orthonormal projection of the embedding (the same in every run and on resume)
 PROJECTION_SEED = 0
 
@@ -45,8 +47,8 @@ def diffusion_coordinates(flat: np.ndarray, n_neighbours: int, diffusion_time: f
     (by variance, largest first) and the first ``n_components`` are kept.
     """
     n = flat.shape[0]
-    if n < 3:
-        raise ValueError(f"a neighbour graph needs at least 3 patterns, got {n}")
+    if n < MIN_PATTERNS:
+        raise ValueError(f"a neighbour graph needs at least {MIN_PATTERNS} patterns, got {n}")
     k = min(int(n_neighbours), n - 1)
     adjacency = kneighbors_graph(flat, k, mode="connectivity", include_self=False)
     adjacency = ((adjacency + adjacency.T) > 0).astype(np.float64)
