@@ -54,7 +54,7 @@ def summarise(name: str, late: np.ndarray) -> tuple[float, float, float]:
 def bench_lateness(args: argparse.Namespace) -> None:
     import napari
 
-    from napari_4dstem_autoencoder._widgets.state import get_state
+    from napari_4dstem_autoencoder.gui.state import get_state
     from napari_4dstem_autoencoder.training import events as ev
 
     viewer = napari.Viewer(show=True)
@@ -101,12 +101,12 @@ def bench_inspector(args: argparse.Namespace) -> None:
     import napari
     import torch
 
-    from napari_4dstem_autoencoder._widgets.state import get_state
-    from napari_4dstem_autoencoder.io.napari_hooks import dataset_layers
-    from napari_4dstem_autoencoder.io.preprocess import PreprocessConfig, Preprocessor
-    from napari_4dstem_autoencoder.io.sample import make_sample_dataset
-    from napari_4dstem_autoencoder.models.autoencoder import Autoencoder
-    from napari_4dstem_autoencoder.models.config import get_preset
+    from napari_4dstem_autoencoder.gui.state import get_state
+    from napari_4dstem_autoencoder.gui.hooks import dataset_layers
+    from napari_4dstem_autoencoder.data.preprocess import PreprocessConfig, Preprocessor
+    from napari_4dstem_autoencoder.data.sample import make_sample_dataset
+    from napari_4dstem_autoencoder.model.autoencoder import Autoencoder
+    from napari_4dstem_autoencoder.model.config import get_preset
     from napari_4dstem_autoencoder.training.checkpoints import save_checkpoint
 
     app = napari.qt.get_qapp()
@@ -158,7 +158,7 @@ def bench_inspector(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    from napari_4dstem_autoencoder.models.config import DEFAULT_PRESET, PRESETS
+    from napari_4dstem_autoencoder.model.config import DEFAULT_PRESET, PRESETS
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each lateness window")

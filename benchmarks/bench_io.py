@@ -101,8 +101,8 @@ def stage_plain(path: str) -> dict:
 
 
 def stage_project(path: str) -> dict:
-    from napari_4dstem_autoencoder.analysis.virtual import navigator_images
-    from napari_4dstem_autoencoder.io import open_dataset
+    from napari_4dstem_autoencoder.data.virtual import navigator_images
+    from napari_4dstem_autoencoder.data import open_dataset
 
     rss_start = _rss_now()
     t0 = time.perf_counter()

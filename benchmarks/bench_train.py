@@ -1,6 +1,6 @@
 """Training and embedding throughput: the engine against a naive fp32 loop, side by side.
 
-For each preset in ``models.config.PRESETS`` and each pattern size (default 64 and 128):
+For each preset in ``model.config.PRESETS`` and each pattern size (default 64 and 128):
 
 - naive train: the seed document's loop (``embed(x)`` then ``model(x)``: two encoder passes,
   fp32, tensors already in memory);
@@ -8,7 +8,7 @@ For each preset in ``models.config.PRESETS`` and each pattern size (default 64 a
   on CUDA bf16 autocast + channels_last, and ``torch.compile(dynamic=False)`` with
   ``--compile``), measured from its own ``BatchEnd`` events (data loading included);
 - naive embed: ``model.embed`` over in-memory tensors, fp32;
-- engine embed: ``analysis.embedding.embed_dataset`` over the lazy scan (reading and
+- engine embed: ``inference.embedding.embed_dataset`` over the lazy scan (reading and
   preprocessing included).
 
 Figures are medians over the timed steps, in patterns per second, with the ratio
@@ -35,11 +35,11 @@ import dask.array as da
 import numpy as np
 import torch
 
-from napari_4dstem_autoencoder.analysis.embedding import embed_dataset
-from napari_4dstem_autoencoder.io.dataset import Dataset4D
-from napari_4dstem_autoencoder.io.preprocess import PreprocessConfig, Preprocessor
-from napari_4dstem_autoencoder.models.autoencoder import Autoencoder
-from napari_4dstem_autoencoder.models.config import PRESETS
+from napari_4dstem_autoencoder.inference.embedding import embed_dataset
+from napari_4dstem_autoencoder.data.dataset import Dataset4D
+from napari_4dstem_autoencoder.data.preprocess import PreprocessConfig, Preprocessor
+from napari_4dstem_autoencoder.model.autoencoder import Autoencoder
+from napari_4dstem_autoencoder.model.config import PRESETS
 from napari_4dstem_autoencoder.training.config import TrainConfig
 from napari_4dstem_autoencoder.training.device import resolve_device
 from napari_4dstem_autoencoder.training.engine import train
@@ -213,7 +213,7 @@ def write_big_scan(path: Path, size_mb: float, detector: int) -> tuple[int, int]
 def memory_check(args: argparse.Namespace) -> None:
     """Embed on-disk scans of 2x and 4x ``--mem-cap``; the growth of resident memory must stay
     under the cap and must not grow with the scan. Runs in a fresh process (see main)."""
-    from napari_4dstem_autoencoder.io import open_dataset
+    from napari_4dstem_autoencoder.data import open_dataset
     device = resolve_device(args.device)
     bin_factor = max(1, args.mem_detector // args.mem_input)
     print(f"larger-than-memory embed: {args.mem_detector}x{args.mem_detector} uint16 patterns "

@@ -16,7 +16,7 @@ embeddings and, in the dataset header, on the PCA(10) scores.
 
 Datasets: ``sim`` = ../shared/data/sim/abtem_three_region.h5 (``data_counts``, ``labels``,
 core = ``boundary_distance >= 4`` A) and ``sample`` = the project's synthetic sample
-(``io.sample.make_sample_dataset``; core = at least 2 positions from another class).
+(``data.sample.make_sample_dataset``; core = at least 2 positions from another class).
 
 Examples::
 
@@ -58,9 +58,9 @@ from napari_4dstem_autoencoder.analysis.clustering import (
     reconstruction_quality,
 )
 from napari_4dstem_autoencoder.analysis.projection import prepare_features
-from napari_4dstem_autoencoder.io.dataset import Dataset4D
-from napari_4dstem_autoencoder.io.preprocess import PreprocessConfig, Preprocessor
-from napari_4dstem_autoencoder.models.config import DEFAULT_PRESET, PRESETS, ModelConfig, get_preset
+from napari_4dstem_autoencoder.data.dataset import Dataset4D
+from napari_4dstem_autoencoder.data.preprocess import PreprocessConfig, Preprocessor
+from napari_4dstem_autoencoder.model.config import DEFAULT_PRESET, PRESETS, ModelConfig, get_preset
 from napari_4dstem_autoencoder.training.config import TrainConfig
 from napari_4dstem_autoencoder.training.engine import train
 from napari_4dstem_autoencoder.training.events import BatchEnd, Failed, Finished, Started
@@ -128,7 +128,7 @@ def load_sim(path: Path) -> Task:
 
 
 def load_sample(scan: int) -> Task:
-    from napari_4dstem_autoencoder.io.sample import LABEL_NAMES, make_sample_dataset
+    from napari_4dstem_autoencoder.data.sample import LABEL_NAMES, make_sample_dataset
 
     ds = make_sample_dataset(scan_shape=(scan, scan), detector_shape=(64, 64), seed=0)
     labels = np.asarray(ds.labels).astype(np.int64)

@@ -32,7 +32,7 @@ from eval_presets import (SIM_PATH, load_sample, load_sim, preprocess_all,  # no
                           spectral_ari)
 
 from napari_4dstem_autoencoder.analysis.clustering import adjusted_rand  # noqa: E402
-from napari_4dstem_autoencoder.io.preprocess import PreprocessConfig, Preprocessor  # noqa: E402
+from napari_4dstem_autoencoder.data.preprocess import PreprocessConfig, Preprocessor  # noqa: E402
 
 
 def remove_level(x: np.ndarray) -> np.ndarray:

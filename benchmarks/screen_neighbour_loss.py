@@ -41,11 +41,11 @@ from sklearn.neighbors import NearestNeighbors
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import eval_presets as ep  # noqa: E402  (the same datasets, preprocessing and scores)
 
-from napari_4dstem_autoencoder.io.preprocess import PreprocessConfig, Preprocessor  # noqa: E402
-from napari_4dstem_autoencoder.models import Autoencoder  # noqa: E402
-from napari_4dstem_autoencoder.models.batchnorm import recalibrate_batchnorm  # noqa: E402
-from napari_4dstem_autoencoder.models.config import get_preset  # noqa: E402
-from napari_4dstem_autoencoder.training.graph_teacher import DiffusionTeacher  # noqa: E402
+from napari_4dstem_autoencoder.data.preprocess import PreprocessConfig, Preprocessor  # noqa: E402
+from napari_4dstem_autoencoder.model import Autoencoder  # noqa: E402
+from napari_4dstem_autoencoder.model.batchnorm import recalibrate_batchnorm  # noqa: E402
+from napari_4dstem_autoencoder.model.config import get_preset  # noqa: E402
+from napari_4dstem_autoencoder.objective.graph_teacher import DiffusionTeacher  # noqa: E402
 
 #: UMAP's fitted curve for min_dist = 0.1, spread = 1
 A, B = 1.577, 0.895

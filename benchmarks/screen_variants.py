@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from napari_4dstem_autoencoder.models import Autoencoder
-from napari_4dstem_autoencoder.models.config import get_preset
+from napari_4dstem_autoencoder.model import Autoencoder
+from napari_4dstem_autoencoder.model.config import get_preset
 from napari_4dstem_autoencoder.analysis.clustering import cluster_embeddings, adjusted_rand
 from napari_4dstem_autoencoder.analysis.quality import effective_dimensions, live_dimensions
 from sklearn.cluster import KMeans
@@ -40,7 +40,7 @@ a = ap.parse_args()
 torch.set_num_threads(a.threads); torch.manual_seed(a.seed); np.random.seed(a.seed)
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import eval_presets as ep  # noqa: E402  (the same datasets and preprocessing)
-from napari_4dstem_autoencoder.io.preprocess import PreprocessConfig, Preprocessor  # noqa: E402
+from napari_4dstem_autoencoder.data.preprocess import PreprocessConfig, Preprocessor  # noqa: E402
 task = ep.load_sim(ep.SIM_PATH) if a.data == "sim" else ep.load_sample(32)
 x = ep.preprocess_all(task, Preprocessor.fit(task.dataset, PreprocessConfig(detector_bin=2)))
 x = x.astype(np.float32); labels, core, k = task.labels, task.core, task.n_clusters
@@ -50,7 +50,7 @@ for s in a.set:
     cfg = cfg.replace(**{kk: type(cur)(v) if not isinstance(cur, str) else v})
 m = Autoencoder(out_shape=x.shape[1:], config=cfg)
 if a.wide:
-    from napari_4dstem_autoencoder.models.blocks import ConvBN
+    from napari_4dstem_autoencoder.model.blocks import ConvBN
     torch.manual_seed(a.seed + 1000)
     m.encoder.conv_final = ConvBN(64, a.wide)
     m.encoder.embedding.linear = torch.nn.Linear(16 * a.wide, 32)

@@ -63,8 +63,8 @@ def main() -> None:
 
     import napari
 
-    from napari_4dstem_autoencoder._widgets.demo import open_demo, parse_args
-    from napari_4dstem_autoencoder._widgets.state import get_state
+    from napari_4dstem_autoencoder.gui.demo import open_demo, parse_args
+    from napari_4dstem_autoencoder.gui.state import get_state
     from napari_4dstem_autoencoder.training import events as ev
 
     viewer, w, docks = open_demo(parse_args([]))
@@ -92,7 +92,7 @@ def main() -> None:
 
     # 2. training with live losses and maps
     train = w["Train"]
-    from napari_4dstem_autoencoder.models.config import DEFAULT_PRESET
+    from napari_4dstem_autoencoder.model.config import DEFAULT_PRESET
 
     train.preset.setCurrentText(args.preset or DEFAULT_PRESET)
     train.epochs.setValue(1000)

@@ -10,7 +10,7 @@ import tifffile
 import torch
 
 from napari_4dstem_autoencoder import cli
-from napari_4dstem_autoencoder.analysis.export import read_results
+from napari_4dstem_autoencoder.inference.export import read_results
 from napari_4dstem_autoencoder.training.checkpoints import load_checkpoint
 
 
@@ -100,7 +100,7 @@ def one_line_error(code, err, *needles):
 
 
 def test_training_defaults_are_the_engine_s():
-    from napari_4dstem_autoencoder._widgets import backend
+    from napari_4dstem_autoencoder.gui import backend
     from napari_4dstem_autoencoder.training.config import TrainConfig
 
     args = cli.build_parser().parse_args(["train", "data.npy", "--out", "m.pt"])
@@ -161,9 +161,9 @@ def test_help_lists_the_commands(capsys):
 
 def test_demo_is_dispatched_lazily(monkeypatch):
     seen = []
-    fake = types.ModuleType("napari_4dstem_autoencoder._widgets.demo")
+    fake = types.ModuleType("napari_4dstem_autoencoder.gui.demo")
     fake.run_demo = lambda argv: seen.append(list(argv)) or 0
-    monkeypatch.setitem(sys.modules, "napari_4dstem_autoencoder._widgets.demo", fake)
+    monkeypatch.setitem(sys.modules, "napari_4dstem_autoencoder.gui.demo", fake)
     assert cli.main(["demo", "--quit-after", "1"]) == 0
     assert seen == [["--quit-after", "1"]]
 

@@ -140,13 +140,13 @@ def build_parser() -> argparse.ArgumentParser:
 # -- helpers ----------------------------------------------------------------------------------
 
 def _open(args: argparse.Namespace, path: str):
-    from .io import open_dataset
+    from .data import open_dataset
     shape = tuple(args.scan_shape) if getattr(args, "scan_shape", None) else None
     return open_dataset(path, scan_shape=shape, dataset=getattr(args, "dataset", None))
 
 
 def _preprocess_config(args: argparse.Namespace):
-    from .io.preprocess import PreprocessConfig
+    from .data.preprocess import PreprocessConfig
     return PreprocessConfig(
         scan_bin=args.scan_bin, detector_bin=args.detector_bin,
         scan_crop=tuple(args.scan_crop) if args.scan_crop else None,
@@ -168,7 +168,7 @@ def _progress(total: int, desc: str, disable: bool):
 # -- commands ---------------------------------------------------------------------------------
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .models.config import DEFAULT_PRESET
+    from .model.config import DEFAULT_PRESET
     from .training import distributed as ddp
     from .training.config import TrainConfig
     from .training.engine import train
@@ -246,8 +246,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
-    from .analysis.embedding import embed_and_score
-    from .analysis.export import export_hdf5
+    from .inference.embedding import embed_and_score
+    from .inference.export import export_hdf5
     from .training.checkpoints import load_checkpoint
     from .training.device import resolve_device
 
@@ -300,7 +300,7 @@ def _info_checkpoint(path: Path) -> None:
 
 
 def _info_results(path: Path) -> bool:
-    from .analysis.export import read_results
+    from .inference.export import read_results
     try:
         res = read_results(path)
     except ValueError:
@@ -332,7 +332,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .analysis.export import export_tiff, read_results
+    from .inference.export import export_tiff, read_results
     res = read_results(args.results)
     out = Path(args.out_dir)
     if out.exists() and not out.is_dir():
@@ -353,7 +353,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def run_demo_command(argv: list[str]) -> int:
     """``stem-ae demo ...``: the GUI, imported only now (the rest of the CLI never loads Qt)."""
-    from ._widgets.demo import run_demo
+    from .gui.demo import run_demo
     return int(run_demo(argv) or 0)
 
 

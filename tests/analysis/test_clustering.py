@@ -23,7 +23,7 @@ from napari_4dstem_autoencoder.analysis.clustering import (
     reconstruction_quality,
     relabel_by_size,
 )
-from napari_4dstem_autoencoder.io.dataset import Dataset4D
+from napari_4dstem_autoencoder.data.dataset import Dataset4D
 
 
 def blobs(n_per: int = 40, d: int = 8, k: int = 3, sep: float = 10.0, seed: int = 0):

@@ -12,8 +12,8 @@ import dask.array as da
 import numpy as np
 import pytest
 
-from napari_4dstem_autoencoder.io.dataset import Dataset4D
-from napari_4dstem_autoencoder.models.config import ModelConfig
+from napari_4dstem_autoencoder.data.dataset import Dataset4D
+from napari_4dstem_autoencoder.model.config import ModelConfig
 from napari_4dstem_autoencoder.training.config import TrainConfig
 from napari_4dstem_autoencoder.training.engine import train
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from napari_4dstem_autoencoder.io.preprocess import PreprocessConfig, Preprocessor
-from napari_4dstem_autoencoder.models.autoencoder import Autoencoder
+from napari_4dstem_autoencoder.data.preprocess import PreprocessConfig, Preprocessor
+from napari_4dstem_autoencoder.model.autoencoder import Autoencoder
 from napari_4dstem_autoencoder.training import checkpoints as ck
 from napari_4dstem_autoencoder.training.checkpoints import (CheckpointError, load_checkpoint,
                                                             read_checkpoint, save_checkpoint)
@@ -210,7 +210,7 @@ def test_random_bytes_are_not_a_checkpoint(tmp_path):
 
 
 def test_the_output_prior_travels_with_the_weights(tmp_path, tiny_dataset, tiny_config):
-    from napari_4dstem_autoencoder.models.config import get_preset
+    from napari_4dstem_autoencoder.model.config import get_preset
 
     model = Autoencoder(out_shape=(32, 32), config="prior")
     model.set_output_prior(torch.linspace(0.01, 0.9, 32 * 32).reshape(32, 32))

@@ -3,8 +3,8 @@ import json
 import pytest
 import torch
 
-from napari_4dstem_autoencoder.io.preprocess import PreprocessConfig
-from napari_4dstem_autoencoder.models.config import DEFAULT_PRESET, ModelConfig
+from napari_4dstem_autoencoder.data.preprocess import PreprocessConfig
+from napari_4dstem_autoencoder.model.config import DEFAULT_PRESET, ModelConfig
 from napari_4dstem_autoencoder.training.config import TrainConfig
 from napari_4dstem_autoencoder.training.device import choose_precision, resolve_device
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_4dstem_autoencoder.analysis.embedding import embed_dataset
+from napari_4dstem_autoencoder.inference.embedding import embed_dataset
 from napari_4dstem_autoencoder.training.checkpoints import load_checkpoint
 from napari_4dstem_autoencoder.training.engine import train
 from napari_4dstem_autoencoder.training.events import BatchEnd, Finished, Started

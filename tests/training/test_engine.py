@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_4dstem_autoencoder.models.autoencoder import Autoencoder
+from napari_4dstem_autoencoder.model.autoencoder import Autoencoder
 from napari_4dstem_autoencoder.training.checkpoints import load_checkpoint
 from napari_4dstem_autoencoder.training.data import (CachedPatterns, StreamedPatterns,
                                                      fit_preprocessor_on, preview_grid,
@@ -145,7 +145,7 @@ def test_early_stopping(tiny_dataset, tiny_config):
 
 
 def test_patterns_too_small_for_the_network(tiny_dataset, tiny_config):
-    from napari_4dstem_autoencoder.io.preprocess import PreprocessConfig
+    from napari_4dstem_autoencoder.data.preprocess import PreprocessConfig
     config = tiny_config(preprocess=PreprocessConfig(detector_bin=2))
     with pytest.raises(ValueError, match="at least 32x32"):
         next(train(tiny_dataset(), config))
@@ -163,7 +163,7 @@ def test_split_is_reproducible_and_disjoint():
 
 
 def test_streamed_and_cached_patterns_agree(tiny_dataset, tiny_config):
-    from napari_4dstem_autoencoder.io.preprocess import PreprocessConfig
+    from napari_4dstem_autoencoder.data.preprocess import PreprocessConfig
     ds = tiny_dataset(scan_shape=(4, 5))
     idx = np.array([7, 0, 19, 3])
     prep = fit_preprocessor_on(ds.patterns(reference_positions(idx)), PreprocessConfig())
@@ -197,7 +197,7 @@ def _run_keeping_train_data(dataset, config):
 def test_the_run_ends_with_batchnorm_statistics_of_its_final_weights(tiny_dataset, tiny_config):
     import copy
 
-    from napari_4dstem_autoencoder.models.batchnorm import recalibrate_batchnorm
+    from napari_4dstem_autoencoder.model.batchnorm import recalibrate_batchnorm
 
     finished, train_ds = _run_keeping_train_data(tiny_dataset(),
                                                  tiny_config(preview_max_positions=0))
@@ -219,7 +219,7 @@ def test_the_run_ends_with_batchnorm_statistics_of_its_final_weights(tiny_datase
 
 
 def test_prior_preset_starts_from_the_training_mean_pattern(tiny_dataset, tiny_config):
-    from napari_4dstem_autoencoder.models.config import get_preset
+    from napari_4dstem_autoencoder.model.config import get_preset
 
     config = tiny_config(model=get_preset("prior"), epochs=1, preview_max_positions=0)
     ds = tiny_dataset()
@@ -237,8 +237,8 @@ def test_a_streamed_run_reads_its_reference_patterns_once(tiny_dataset, tiny_con
                                                          monkeypatch):
     # the preprocessing statistics and the prior are fitted on the same raw patterns: a
     # streamed (large, maybe slow) file is read for them once, not twice
-    from napari_4dstem_autoencoder.io.dataset import Dataset4D
-    from napari_4dstem_autoencoder.models.config import get_preset
+    from napari_4dstem_autoencoder.data.dataset import Dataset4D
+    from napari_4dstem_autoencoder.model.config import get_preset
 
     reads = []
     real_patterns = Dataset4D.patterns
@@ -266,7 +266,7 @@ def test_a_streamed_run_reads_its_reference_patterns_once(tiny_dataset, tiny_con
 
 def test_cached_and_streamed_data_give_the_same_reference_patterns(tiny_dataset):
     # the buffers of a cached run are fitted on the cache's rows at the reference positions
-    from napari_4dstem_autoencoder.io.preprocess import PreprocessConfig
+    from napari_4dstem_autoencoder.data.preprocess import PreprocessConfig
     from napari_4dstem_autoencoder.training.engine import _reference_patterns
 
     ds = tiny_dataset(scan_shape=(4, 5))
@@ -284,8 +284,8 @@ def test_cached_and_streamed_data_give_the_same_reference_patterns(tiny_dataset)
 
 def test_balanced_preset_fits_its_loss_on_training_patterns_and_checkpoints_it(
         tiny_dataset, tiny_config, tmp_path):
-    from napari_4dstem_autoencoder.models.balance import principal_directions
-    from napari_4dstem_autoencoder.models.config import get_preset
+    from napari_4dstem_autoencoder.model.balance import principal_directions
+    from napari_4dstem_autoencoder.model.config import get_preset
 
     path = tmp_path / "balanced.safetensors"
     config = tiny_config(model=get_preset("balanced"), epochs=1, preview_max_positions=0,
@@ -316,7 +316,7 @@ def test_balanced_preset_fits_its_loss_on_training_patterns_and_checkpoints_it(
 
 def test_levelled_preset_fits_its_level_prior_on_training_patterns_and_checkpoints_it(
         tiny_dataset, tiny_config, tmp_path):
-    from napari_4dstem_autoencoder.models.config import get_preset
+    from napari_4dstem_autoencoder.model.config import get_preset
 
     path = tmp_path / "levelled.safetensors"
     config = tiny_config(model=get_preset("levelled"), epochs=1, preview_max_positions=0,
@@ -357,8 +357,8 @@ def test_previews_recalibrate_the_encoder_alone(tiny_dataset, tiny_config):
 @pytest.mark.parametrize("cache_max_mb", [0, 64], ids=["streamed", "cached"])
 def test_graph_preset_fits_its_teacher_on_the_reference_patterns_and_again_on_resume(
         tiny_dataset, tiny_config, tmp_path, cache_max_mb):
-    from napari_4dstem_autoencoder.models.config import get_preset
-    from napari_4dstem_autoencoder.training.graph_teacher import procrustes_mismatch
+    from napari_4dstem_autoencoder.model.config import get_preset
+    from napari_4dstem_autoencoder.objective.graph_teacher import procrustes_mismatch
 
     path = tmp_path / "graph.safetensors"
     # 5 neighbours among 36 patterns of two kinds: two clouds, so the graph has a slow mode
@@ -396,7 +396,7 @@ def test_graph_preset_fits_its_teacher_on_the_reference_patterns_and_again_on_re
 
 
 def test_graph_preset_skips_a_teacher_without_structure(tiny_dataset, tiny_config, caplog):
-    from napari_4dstem_autoencoder.models.config import get_preset
+    from napari_4dstem_autoencoder.model.config import get_preset
 
     # 9 patterns, each the other 8's neighbour (15 asked): the graph is complete, no slow mode
     config = tiny_config(model=get_preset("graph"), epochs=1, preview_max_positions=0)
@@ -414,7 +414,7 @@ def test_presets_without_a_graph_teacher_report_its_term_as_zero(trained_run):
 
 def test_graph_preset_on_two_patterns_trains_without_its_teacher(tiny_dataset, tiny_config,
                                                                   caplog):
-    from napari_4dstem_autoencoder.models.config import get_preset
+    from napari_4dstem_autoencoder.model.config import get_preset
 
     config = tiny_config(model=get_preset("graph"), epochs=1, batch_size=2,
                          preview_max_positions=0, val_fraction=0.0)

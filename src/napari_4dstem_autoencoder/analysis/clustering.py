@@ -1,6 +1,6 @@
 """Cluster embeddings into label maps, class-mean patterns, and the PCA + k-means baseline.
 
-Everything here works on plain arrays (NumPy, or a :class:`~..io.dataset.Dataset4D` for the
+Everything here works on plain arrays (NumPy, or a :class:`~..data.dataset.Dataset4D` for the
 class means) and uses scikit-learn; nothing imports Qt, napari or torch.
 
 Label maps keep the leading shape of the embeddings: ``(Ry, Rx, D)`` embeddings give a

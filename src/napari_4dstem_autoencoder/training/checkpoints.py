@@ -33,9 +33,9 @@ from safetensors.torch import save as safetensors_save
 from torch import nn
 
 from .. import __version__
-from ..io.preprocess import Preprocessor
-from ..models.autoencoder import Autoencoder
-from ..models.config import ModelConfig
+from ..data.preprocess import Preprocessor
+from ..model.autoencoder import Autoencoder
+from ..model.config import ModelConfig
 from .config import TrainConfig
 
 FORMAT_NAME = "napari-4dstem-autoencoder/checkpoint"

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .._fields import checked_fields
-from ..io.preprocess import PreprocessConfig
-from ..models.config import DEFAULT_PRESET, ModelConfig, get_preset
+from ..data.preprocess import PreprocessConfig
+from ..model.config import DEFAULT_PRESET, ModelConfig, get_preset
 
 AmpMode = Literal["auto", "bf16", "off"]
 LrSchedule = Literal["cosine", "plateau", "constant"]
@@ -33,7 +33,7 @@ def _check_device(device: str) -> None:
 class TrainConfig:
     """Everything that defines a training run (apart from the data).
 
-    Model: ``preset`` names an entry of ``models.config.PRESETS``; ``model`` (a full
+    Model: ``preset`` names an entry of ``model.config.PRESETS``; ``model`` (a full
     ``ModelConfig``) overrides it when given. ``lambda_*`` of ``None`` use the model's values.
 
     Data: ``train_subset`` trains on that many randomly chosen positions (all when None);

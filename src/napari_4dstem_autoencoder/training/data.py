@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..io.dataset import Dataset4D
-from ..io.preprocess import PreprocessConfig, Preprocessor
+from ..data.dataset import Dataset4D
+from ..data.preprocess import PreprocessConfig, Preprocessor
 
 
 @dataclasses.dataclass(frozen=True)

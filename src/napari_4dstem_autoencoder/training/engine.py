@@ -27,11 +27,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from ..io.dataset import Dataset4D
-from ..io.preprocess import Preprocessor
-from ..models.autoencoder import Autoencoder
-from ..models.batchnorm import recalibrate_batchnorm
-from ..models.config import MIN_INPUT_SIZE
+from ..data.dataset import Dataset4D
+from ..data.preprocess import Preprocessor
+from ..model.autoencoder import Autoencoder
+from ..model.batchnorm import recalibrate_batchnorm
+from ..model.config import MIN_INPUT_SIZE
 from . import distributed as ddp
 from .checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from .config import TrainConfig
@@ -40,8 +40,8 @@ from .data import (CachedPatterns, StreamedPatterns, fit_preprocessor_on, previe
 from .device import Precision, choose_precision, resolve_device
 from .events import (BatchEnd, CheckpointSaved, EpochEnd, Event, Failed, Finished, Preview,
                      Started)
-from .graph_teacher import MIN_PATTERNS as MIN_GRAPH_PATTERNS
-from .graph_teacher import DiffusionTeacher
+from ..objective.graph_teacher import MIN_PATTERNS as MIN_GRAPH_PATTERNS
+from ..objective.graph_teacher import DiffusionTeacher
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,80 @@
+"""Fixtures for the GUI tests: docks opened through the manifest, clicks, notifications."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+PLUGIN = "napari-4dstem-autoencoder"
+FAST_PRESET = "test_fast"
+
+
+@pytest.fixture
+def fast_preset(monkeypatch: pytest.MonkeyPatch) -> str:
+    """A preset whose decoder renders at the target size (the seed's 256x256 canvas is far
+    too slow for a GUI test on a CPU); same parameters, registered for this test only."""
+    from napari_4dstem_autoencoder.model import config
+
+    preset = config.get_preset("seed").replace(name=FAST_PRESET, pool_schedule="to4",
+                                                decoder_canvas="target")
+    monkeypatch.setitem(config.PRESETS, FAST_PRESET, preset)
+    return FAST_PRESET
+
+
+def _open_dock(viewer: Any, name: str) -> Any:
+    """Open one of the plugin's docks the way the Plugins menu does (through the manifest)."""
+    _dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)
+    return widget
+
+
+def _click(viewer: Any, world: tuple[float, float]) -> None:
+    """A left click (press + release, no drag) at a world position, through napari's
+    mouse-callback machinery."""
+    from napari.utils.interactions import mouse_press_callbacks, mouse_release_callbacks
+
+    position = tuple([0.0] * (viewer.dims.ndim - 2)) + tuple(world)
+    event = SimpleNamespace(type="mouse_press", position=position, button=1, modifiers=[],
+                            is_dragging=False, handled=False, view_direction=None,
+                            dims_displayed=list(range(viewer.dims.ndim))[-2:])
+    mouse_press_callbacks(viewer, event)
+    event.type = "mouse_release"
+    mouse_release_callbacks(viewer, event)
+
+
+class NotificationLog:
+    """Collects napari notifications shown during a test."""
+
+    def __init__(self) -> None:
+        from napari.utils.notifications import notification_manager
+
+        self.manager = notification_manager
+        self.start = len(notification_manager.records)
+
+    @property
+    def messages(self) -> list[str]:
+        return [str(n.message) for n in self.manager.records[self.start:]]
+
+    def errors(self) -> list[str]:
+        from napari.utils.notifications import NotificationSeverity
+
+        return [str(n.message) for n in self.manager.records[self.start:]
+                if n.severity == NotificationSeverity.ERROR]
+
+
+@pytest.fixture
+def notifications() -> NotificationLog:
+    return NotificationLog()
+
+
+@pytest.fixture
+def open_dock():
+    """``open_dock(viewer, display_name)`` -> the dock's widget, opened through the manifest."""
+    return _open_dock
+
+
+@pytest.fixture
+def click():
+    """``click(viewer, (y, x))``: a left click at a world position."""
+    return _click

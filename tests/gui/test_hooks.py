@@ -1,0 +1,79 @@
+"""napari hooks without a viewer: get_reader's cheap decisions, layer tuples, de-duplication."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+
+from napari_4dstem_autoencoder.gui import hooks
+
+
+def test_get_reader_declines_non_4dstem_files_without_raising(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    np.save(tmp_path / "image.npy", np.zeros((8, 8)))
+    with h5py.File(tmp_path / "table.h5", "w") as f:
+        f["x"] = np.arange(10)
+    (tmp_path / "fake.h5").write_bytes(b"not hdf5 at all")
+    (tmp_path / "plain_folder").mkdir()
+    for name in ("notes.txt", "image.npy", "table.h5", "fake.h5", "plain_folder", "missing.mib"):
+        assert hooks.get_reader(str(tmp_path / name)) is None, name
+    assert hooks.get_reader(12345) is None  # nonsense input: None, not an exception
+
+
+def test_get_reader_accepts_the_real_formats(real_data_dir):
+    for name in ("quantumdetector/001_4x2_6bit.mib", "quantumdetector/001_4x2_6bit.hdr",
+                 "blockfile/test1.blo", "emd/Si100_4D.emd", "arina/test_00_master.h5",
+                 "empad/map4x4.xml", "derived/merlin_001_4x2.zspy", "derived/merlin_001_4x2_plain.h5"):
+        assert hooks.get_reader(str(real_data_dir / name)) is hooks.read_4dstem, name
+
+
+def test_reader_layer_tuple_and_pair_deduplication(real_data_dir, monkeypatch):
+    monkeypatch.setattr(hooks, "_recent", {})
+    layers = hooks.read_4dstem(str(real_data_dir / "blockfile/test1.blo"))
+    assert len(layers) == 1
+    data, kwargs, kind = layers[0]
+    assert kind == "image" and data.shape == (3, 2)
+    assert kwargs["name"] == "test1.blo virtual BF"
+    assert kwargs["scale"] == (12.8, 12.8) and kwargs["units"] == ("nm", "nm")
+    ds = kwargs["metadata"][hooks.DATASET_KEY]
+    assert ds.shape == (3, 2, 144, 144)
+    # dropping .mib and .hdr together (napari calls once per file) opens the dataset once
+    first = hooks.read_4dstem(str(real_data_dir / "quantumdetector/001_4x2_6bit.mib"))
+    second = hooks.read_4dstem(str(real_data_dir / "quantumdetector/001_4x2_6bit.hdr"))
+    assert first[0][2] == "image" and second == [(None,)]
+
+
+def test_large_files_get_a_strided_navigator(real_data_dir, monkeypatch):
+    monkeypatch.setattr(hooks, "_recent", {})
+    monkeypatch.setattr(hooks, "NAVIGATOR_FULL_BYTES", 2**20)
+    from napari_4dstem_autoencoder.data import open_dataset
+
+    with open_dataset(real_data_dir / "quantumdetector/001_4x2_6bit.mib") as ds:  # 0.5 MiB, 2x4
+        assert hooks.navigator_stride(ds, budget=2**17) == 2
+        data, kwargs, _ = hooks.dataset_layers(ds)[0]
+        assert data.shape == (2, 4) and kwargs["metadata"]["stem4d_navigator_stride"] == 1
+        monkeypatch.setattr(hooks, "NAVIGATOR_FULL_BYTES", 2**17)
+        data, kwargs, _ = hooks.dataset_layers(ds)[0]
+        assert data.shape == (1, 2) and kwargs["scale"] == (2.0, 2.0)
+        assert kwargs["translate"] == (0.5, 0.5)
+
+
+def test_sample_hook_and_no_gui_imports():
+    layers = hooks.make_sample_data()
+    (nav, nav_kw, nav_kind), (labels, lab_kw, lab_kind) = layers
+    assert nav_kind == "image" and nav.shape == (64, 64) and nav_kw["scale"] == (0.5, 0.5)
+    truth = nav_kw["metadata"][hooks.LABELS_KEY]
+    assert truth.shape == (64, 64) and set(np.unique(truth)) == {0, 1, 2, 3, 4}
+    assert lab_kind == "labels" and np.array_equal(labels, truth + 1)
+
+
+def test_hooks_import_no_gui_and_no_torch():
+    """napari imports the hooks at start-up: they must pull in neither Qt/napari nor torch."""
+    code = ("import sys, napari_4dstem_autoencoder.gui.hooks as h; h.get_reader('x.mib'); "
+            "bad = [m for m in ('napari', 'qtpy', 'PyQt6', 'magicgui', 'torch') if m in sys.modules]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -1,0 +1,133 @@
+"""The graph teacher: diffusion-map targets that make connected clouds compact, and the loss."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.cluster import KMeans
+
+from napari_4dstem_autoencoder.analysis.clustering import adjusted_rand
+from napari_4dstem_autoencoder.objective.graph_teacher import (
+    DiffusionTeacher,
+    diffusion_coordinates,
+    procrustes_mismatch,
+)
+
+
+def long_cloud_and_blob(n: int = 120, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A long thin cloud (a grain drifting with thickness) and a compact blob 3 units from one
+    end of it: k-means with k=2 cuts the long cloud in half, its neighbour graph does not."""
+    rng = np.random.default_rng(seed)
+    t = np.linspace(0, 30, n)
+    cloud = np.stack([t, np.zeros(n)], 1) + rng.normal(0, 0.2, (n, 2))
+    blob = np.array([-3.0, 0.0]) + rng.normal(0, 0.2, (n // 3, 2))
+    points = np.concatenate([cloud, blob])
+    labels = np.r_[np.zeros(n, int), np.ones(n // 3, int)]
+    return points, labels
+
+
+def kmeans_ari(features: np.ndarray, labels: np.ndarray) -> float:
+    found = KMeans(2, n_init=10, random_state=0).fit_predict(features)
+    return adjusted_rand(labels, found)
+
+
+def test_diffusion_coordinates_make_a_long_connected_cloud_one_cluster():
+    points, labels = long_cloud_and_blob()
+    assert kmeans_ari(points, labels) < 0.5  # k-means on the points cuts the long cloud
+    coords = diffusion_coordinates(points, n_neighbours=10, diffusion_time=64, n_components=4)
+    assert coords.shape == (len(points), 4)
+    np.testing.assert_allclose(coords.mean(axis=0), 0, atol=1e-12)
+    assert kmeans_ari(coords, labels) == pytest.approx(1.0)
+
+
+def test_diffusion_time_keeps_only_the_slow_modes():
+    points, _ = long_cloud_and_blob()
+    fractions = {}
+    for t in (1, 64):
+        var = diffusion_coordinates(points, 10, diffusion_time=t, n_components=8).var(axis=0)
+        assert np.all(np.diff(var) <= 1e-15)  # sorted by spread
+        fractions[t] = var / var.sum()
+    # at t=1 the fast modes weigh nearly as much as the slow ones; at t=64 three carry it all
+    assert fractions[1][:3].sum() < 0.5
+    assert fractions[64][:3].sum() > 0.99
+
+
+def test_procrustes_mismatch_sees_geometry_not_rotation_scale_or_offset():
+    gen = torch.Generator().manual_seed(0)
+    target = torch.randn(16, 4, generator=gen)
+    rotation = torch.linalg.qr(torch.randn(6, 6, generator=gen))[0]
+    same = 5.0 * torch.cat([target, torch.zeros(16, 2)], 1) @ rotation + 3.0
+    assert float(procrustes_mismatch(same, target)) == pytest.approx(0.0, abs=1e-5)
+    other = torch.randn(16, 6, generator=gen)
+    assert 0.1 < float(procrustes_mismatch(other, target)) <= 2.0
+
+
+def test_procrustes_mismatch_weighs_a_direction_by_its_variance():
+    # the target spreads along two directions (std 1 and 0.3); z keeps only the first
+    t = torch.tensor([-1.0, 1.0]).repeat_interleave(8)
+    s = torch.tensor([-1.0, 1.0]).repeat(8)
+    target = torch.stack([t, 0.3 * s], 1)
+    z = torch.stack([t, torch.zeros(16)], 1)
+    # the best rotation keeps the shared direction: 2 - 2 * 1 / sqrt(1 + 0.3**2)
+    expected = 2 - 2 / (1 + 0.3**2) ** 0.5
+    assert float(procrustes_mismatch(z, target)) == pytest.approx(expected, rel=1e-4)
+
+
+def test_teacher_targets_follow_the_nearest_reference_patterns():
+    points, labels = long_cloud_and_blob()
+    # embed the 2-D points as 32x32 "patterns" (a fixed random linear map keeps distances' order)
+    gen = torch.Generator().manual_seed(1)
+    lift = torch.linalg.qr(torch.randn(32 * 32, 2, generator=gen))[0]
+    patterns = (torch.from_numpy(points).float() @ lift.T).reshape(-1, 32, 32)
+    teacher = DiffusionTeacher(patterns, n_neighbours=10, diffusion_time=64, n_components=4)
+    assert teacher.projection.shape == (32, 4)
+    torch.testing.assert_close(teacher.projection.T @ teacher.projection, torch.eye(4),
+                               atol=1e-5, rtol=0)
+    # new patterns near the blob and near the far end of the cloud get their side's targets
+    new = torch.tensor([[-3.1, 0.1], [29.0, -0.1]]) @ lift.T
+    targets = teacher.targets(new.reshape(2, 1, 32, 32))
+    blob = teacher.coords[torch.from_numpy(labels == 1)].mean(0)
+    cloud_end = teacher.coords[torch.from_numpy(points[:, 0] > 27)].mean(0)
+    assert (targets[0] - blob).norm() < 0.2 * (targets[0] - cloud_end).norm()
+    assert (targets[1] - cloud_end).norm() < 0.2 * (targets[1] - blob).norm()
+
+
+def test_teacher_loss_pulls_free_embeddings_into_the_clusters():
+    points, labels = long_cloud_and_blob()
+    patterns = torch.zeros(len(points), 32, 32)
+    patterns[:, 0, :2] = torch.from_numpy(points).float()
+    teacher = DiffusionTeacher(patterns, n_neighbours=10, diffusion_time=64, n_components=4)
+    x = patterns[:, None]
+    # embeddings that start as the raw geometry (cut in half by k-means) plus noise
+    gen = torch.Generator().manual_seed(2)
+    z = torch.cat([torch.from_numpy(points).float(), 0.1 * torch.randn(len(points), 30,
+                                                                       generator=gen)], 1)
+    z.requires_grad_(True)
+    assert kmeans_ari(z.detach().numpy(), labels) < 0.5
+    opt = torch.optim.Adam([z], lr=0.05)
+    first = float(teacher.loss(x, z))
+    for _ in range(300):
+        opt.zero_grad()
+        teacher.loss(x, z).backward()
+        opt.step()
+    assert float(teacher.loss(x, z)) < 0.1 * first
+    projected = (z.detach() @ teacher.projection).numpy()
+    assert kmeans_ari(projected, labels) == pytest.approx(1.0)
+
+
+def test_teacher_refuses_what_it_cannot_fit():
+    with pytest.raises(ValueError, match="at least 3 patterns"):
+        diffusion_coordinates(np.zeros((2, 4)), 10, 64, 4)
+    with pytest.raises(ValueError, match="between 1 and the latent size 32"):
+        DiffusionTeacher(torch.rand(10, 32, 32), n_components=33)
+    # 10 patterns, 15 neighbours asked: each is every other's neighbour, no slow mode to teach
+    assert not DiffusionTeacher(torch.rand(10, 32, 32), n_neighbours=15).has_structure
+    points, _ = long_cloud_and_blob()
+    patterns = torch.zeros(len(points), 32, 32)
+    patterns[:, 0, :2] = torch.from_numpy(points).float()
+    assert DiffusionTeacher(patterns, n_neighbours=10).has_structure
+    one = DiffusionTeacher(torch.rand(10, 32, 32), n_neighbours=3, n_components=4)
+    z = torch.rand(1, 32, requires_grad=True)
+    loss = one.loss(torch.rand(1, 1, 32, 32), z)
+    assert float(loss) == 0.0 and loss.requires_grad
