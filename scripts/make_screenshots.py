@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 
-PLUGIN = "napari-4dstem-autoencoder"
 OUT = Path(__file__).resolve().parents[1] / "docs" / "images"
 
 
@@ -92,7 +91,7 @@ def main() -> None:
 
     # 2. training with live losses and maps
     train = w["Train"]
-    from napari_4dstem_autoencoder.model.config import DEFAULT_PRESET
+    from napari_4dstem_autoencoder.training.presets import DEFAULT_PRESET
 
     train.preset.setCurrentText(args.preset or DEFAULT_PRESET)
     train.epochs.setValue(1000)

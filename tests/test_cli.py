@@ -38,7 +38,7 @@ def chain(tmp_path_factory):
     np.save(data, scan())
     ckpt = d / "model.safetensors"
     results = d / "results.h5"
-    train_code = cli.main(["train", str(data), "--preset", "fast", "--epochs", "1",
+    train_code = cli.main(["train", str(data), "--preset", "continuous", "--epochs", "1",
                            "--batch-size", "4", "--val-fraction", "0.25", "--device", "cpu",
                            "--quiet", "--out", str(ckpt)])
     embed_code = cli.main(["embed", str(data), str(ckpt), "--out", str(results),
@@ -50,12 +50,13 @@ def chain(tmp_path_factory):
 def test_train_and_embed_write_loadable_outputs(chain):
     assert chain.codes == (0, 0)
     loaded = load_checkpoint(chain.ckpt)
-    assert loaded.model.config.name == "fast" and loaded.epoch == 1
+    assert loaded.preset == "continuous" and loaded.epoch == 1
     assert loaded.train_config.batch_size == 4
     res = read_results(chain.results)
     assert res["embeddings"].shape == (3, 3, 32) and res["embeddings"].dtype == np.float32
     assert set(res["error"]) == {"mse", "psnr"} and res["error"]["psnr"].shape == (3, 3)
-    assert res["model_config"]["name"] == "fast"
+    assert res["metadata"]["preset"] == "continuous"
+    assert res["model_config"] == loaded.model.config.to_dict()
     assert res["preprocessing"] == loaded.preprocessor.to_dict()
     assert res["metadata"]["checkpoint"].endswith("model.safetensors")
 
@@ -64,7 +65,7 @@ def test_info_on_dataset_checkpoint_and_results(chain, capsys):
     code, out, _ = run(["info", chain.data], capsys)
     assert code == 0 and "scan 3x3 positions" in out and "32x32" in out
     code, out, _ = run(["info", chain.ckpt], capsys)
-    assert code == 0 and "preset 'fast'" in out and "3914404 parameters" in out
+    assert code == 0 and "preset 'continuous'" in out and "3914404 parameters" in out
     assert "1 epochs" in out and "resumable: yes" in out
     code, out, _ = run(["info", chain.results], capsys)
     assert code == 0 and "embeddings (3, 3, 32)" in out
@@ -81,7 +82,7 @@ def test_export_writes_tiff_maps(chain, capsys, tmp_path):
 
 def test_resume_from_the_command_line(chain, capsys, tmp_path):
     out_ckpt = tmp_path / "more.safetensors"
-    code, out, err = run(["train", chain.data, "--preset", "fast", "--epochs", "2",
+    code, out, err = run(["train", chain.data, "--preset", "continuous", "--epochs", "2",
                           "--batch-size", "4", "--val-fraction", "0", "--subset", "4",
                           "--device", "cpu", "--quiet", "--resume", chain.ckpt,
                           "--out", out_ckpt], capsys)
@@ -116,7 +117,7 @@ def test_bad_training_options(chain, capsys, tmp_path):
     out = tmp_path / "x.safetensors"
     code, _, err = run(["train", chain.data, "--preset", "nonsense", "--out", out], capsys)
     one_line_error(code, err, "unknown preset")
-    code, _, err = run(["train", chain.data, "--device", "cuda:7", "--preset", "fast",
+    code, _, err = run(["train", chain.data, "--device", "cuda:7", "--preset", "continuous",
                         "--epochs", "1", "--out", out], capsys) if not torch.cuda.is_available() \
         else (2, "", "stem-ae: error: CUDA")
     one_line_error(code, err, "CUDA")

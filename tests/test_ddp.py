@@ -52,7 +52,7 @@ def test_two_process_gloo_training_keeps_ranks_identical(tmp_path):
     ckpt = tmp_path / "ddp.safetensors"
     env = dict(os.environ, DIGEST_DIR=str(tmp_path), OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           str(driver), "train", str(data), "--preset", "fast", "--epochs", "1",
+           str(driver), "train", str(data), "--preset", "continuous", "--epochs", "1",
            "--batch-size", "4", "--val-fraction", "0.25", "--device", "cpu", "--quiet",
            "--out", str(ckpt)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)

@@ -21,7 +21,10 @@ import threading
 from pathlib import Path
 from typing import Any, Sequence
 
+from .training.presets import PRESETS
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+PRESET_HELP = {p.name: p.summary for p in PRESETS.values()}
 CHECKPOINT_SUFFIXES = {".safetensors", ".pt", ".pth", ".ckpt", ".bin"}
 
 
@@ -73,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     _scan_shape(t)
     _add_preprocessing(t)
     m = t.add_argument_group("model and optimisation")
-    m.add_argument("--preset", default=None, help="model preset (default: the package default)")
+    m.add_argument("--preset", metavar="{" + ",".join(PRESET_HELP) + "}", default=None,
+                   help=" ".join(f"{name}: {text}" for name, text in PRESET_HELP.items()))
     m.add_argument("--epochs", type=int, default=10, help="total epochs (default 10)")
     m.add_argument("--batch-size", type=int, default=32, help="patterns per step (default 32)")
     m.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (default 1e-4, as TrainConfig)")
@@ -168,7 +172,7 @@ def _progress(total: int, desc: str, disable: bool):
 # -- commands ---------------------------------------------------------------------------------
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .model.config import DEFAULT_PRESET
+    from .training.presets import DEFAULT_PRESET, objective_with
     from .training import distributed as ddp
     from .training.config import TrainConfig
     from .training.engine import train
@@ -180,10 +184,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     if out.exists() and out.is_dir():
         raise CliError(f"{out}: is a directory; --out needs a checkpoint file name")
     try:
+        preset = args.preset or DEFAULT_PRESET
         config = TrainConfig(
-            preset=args.preset or DEFAULT_PRESET, preprocess=_preprocess_config(args),
+            preset=preset, preprocess=_preprocess_config(args),
+            objective=objective_with(preset, lambda_act=args.lambda_act,
+                                     lambda_sim=args.lambda_sim, lambda_div=args.lambda_div),
             epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-            lambda_act=args.lambda_act, lambda_sim=args.lambda_sim, lambda_div=args.lambda_div,
             train_subset=args.subset, val_fraction=args.val_fraction, seed=args.seed,
             device=args.device, amp=args.amp,
             channels_last={"auto": "auto", "on": True, "off": False}[args.channels_last],
@@ -270,6 +276,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
                     preprocessing=loaded.preprocessor.to_dict(),
                     metadata={"dataset": str(Path(args.data).resolve()),
                               "checkpoint": str(Path(args.checkpoint).resolve()),
+                              "preset": loaded.preset,
                               "calibration": loaded.preprocessor.output_calibration(
                                   dataset.calibration).to_dict()})
     print(f"wrote {args.out}: embeddings {result.embeddings.shape}"
@@ -283,7 +290,7 @@ def _info_checkpoint(path: Path) -> None:
     meta = loaded.metadata
     cfg = loaded.model.config
     print(f"checkpoint {path}")
-    print(f"  model: preset {cfg.name!r}, {meta.get('parameters')} parameters, "
+    print(f"  model: preset {loaded.preset!r}, {meta.get('parameters')} parameters, "
           f"input {loaded.input_shape[0]}x{loaded.input_shape[1]}, pool {cfg.pool_schedule}, "
           f"decoder canvas {cfg.decoder_canvas}")
     prep = loaded.preprocessor
@@ -308,7 +315,7 @@ def _info_results(path: Path) -> bool:
     print(f"results {path}")
     print(f"  embeddings {res['embeddings'].shape}, error maps: {sorted(res['error']) or 'none'}, "
           f"extra: {sorted(res['extra']) or 'none'}")
-    print(f"  model preset {res['model_config'].get('name')!r}")
+    print(f"  model preset {res['metadata'].get('preset')!r}")
     return True
 
 

@@ -459,3 +459,13 @@ def test_linear_probe_rejects_unusable_labels():
     z[8:16, 0] += 5.0  # class 1 is separable
     assert linear_probe_ari(z, lab) == pytest.approx(linear_probe_ari(z[:16], lab[:16]))
     assert linear_probe_ari(z[:16], lab[:16]) == pytest.approx(1.0)
+
+
+def test_reconstruction_quality_has_known_answers():
+    a = np.zeros((2, 32, 32))
+    psnr, ssim = reconstruction_quality(a, a + 0.1, data_range=1.0)
+    assert psnr == pytest.approx(20.0)  # MSE 0.01 over a data range of 1
+    psnr, ssim = reconstruction_quality(a + 0.1, a + 0.1)
+    assert np.isinf(psnr) and ssim == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="differ in shape"):
+        reconstruction_quality(a, a[:1])

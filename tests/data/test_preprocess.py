@@ -39,6 +39,33 @@ def test_scan_bin_and_crop_stay_lazy_with_known_answer():
     assert view.calibration.scan_step == (2.0, 2.0)
 
 
+@pytest.mark.parametrize("crop", [None, (1, 6, 0, 7), (2, 7, 3, 11)])
+@pytest.mark.parametrize("factor", [1, 2, 3])
+def test_scan_grid_is_where_the_scan_view_lies(crop, factor):
+    a = np.arange(7 * 11, dtype=np.float32).reshape(7, 11, 1, 1) * np.ones((1, 1, 2, 2), np.float32)
+    config = PreprocessConfig(scan_crop=crop, scan_bin=factor)
+    (y0, x0), f, shape = config.scan_grid((7, 11))
+    view = Preprocessor(config).scan_view(_ds(a))
+    assert f == factor and shape == view.scan_shape
+    ny, nx = shape
+    # the view's first bin averages the file positions from the grid's origin on
+    expected = a[y0:y0 + f, x0:x0 + f, 0, 0].mean()
+    assert float(view.data[0, 0, 0, 0].compute()) == pytest.approx(expected)
+    assert float(view.data[ny - 1, nx - 1, 0, 0].compute()) == pytest.approx(
+        a[y0 + (ny - 1) * f:y0 + ny * f, x0 + (nx - 1) * f:x0 + nx * f, 0, 0].mean())
+
+
+def test_scan_grid_refuses_what_the_scan_view_refuses():
+    ds = _ds(np.zeros((5, 6, 2, 2), np.float32))
+    for config in (PreprocessConfig(scan_crop=(0, 6, 0, 6)),  # past the last row
+                   PreprocessConfig(scan_crop=(4, 5, 0, 6), scan_bin=2)):  # no full bin
+        with pytest.raises(ValueError) as grid_error:
+            config.scan_grid(ds.scan_shape)
+        with pytest.raises(ValueError) as view_error:
+            Preprocessor(config).scan_view(ds)
+        assert str(grid_error.value) == str(view_error.value)
+
+
 @pytest.mark.parametrize("scaling, fn", [("log", np.log1p), ("sqrt", np.sqrt), ("none", lambda x: x)])
 def test_scaling_and_normalisation_statistics(scaling, fn):
     a = np.random.default_rng(0).poisson(20, (4, 4, 8, 8)).astype(np.uint16)

@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-PLUGIN = "napari-4dstem-autoencoder"
+from napari_4dstem_autoencoder.gui.keys import PLUGIN
+
 FAST_PRESET = "test_fast"
 
 
@@ -15,11 +16,13 @@ FAST_PRESET = "test_fast"
 def fast_preset(monkeypatch: pytest.MonkeyPatch) -> str:
     """A preset whose decoder renders at the target size (the seed's 256x256 canvas is far
     too slow for a GUI test on a CPU); same parameters, registered for this test only."""
-    from napari_4dstem_autoencoder.model import config
+    from napari_4dstem_autoencoder.training import presets
 
-    preset = config.get_preset("seed").replace(name=FAST_PRESET, pool_schedule="to4",
-                                                decoder_canvas="target")
-    monkeypatch.setitem(config.PRESETS, FAST_PRESET, preset)
+    seed = presets.get_preset("seed")
+    preset = presets.Preset(FAST_PRESET, seed.model.replace(pool_schedule="to4",
+                                                            decoder_canvas="target"),
+                            seed.objective, "the seed's loss on a fast architecture (tests)")
+    monkeypatch.setitem(presets.PRESETS, FAST_PRESET, preset)
     return FAST_PRESET
 
 

@@ -9,11 +9,11 @@ import pytest
 import tifffile
 
 from napari_4dstem_autoencoder.gui import backend
+from napari_4dstem_autoencoder.gui.keys import DATASET_KEY, PLUGIN
 from napari_4dstem_autoencoder.gui.latent_widget import CLUSTER_STANDARDISE_DEFAULT
 from napari_4dstem_autoencoder.gui.state import get_state
 from napari_4dstem_autoencoder.gui.workers import Failure
 
-PLUGIN = "napari-4dstem-autoencoder"
 SAMPLE = "stem4d_sample"
 GRID = 6  # the checkpoint's preprocessing crops the 64x64 sample to GRID x GRID positions
 
@@ -26,14 +26,13 @@ def checkpoint(tmp_path_factory) -> str:
     from napari_4dstem_autoencoder.data.preprocess import PreprocessConfig, Preprocessor
     from napari_4dstem_autoencoder.data.sample import make_sample_dataset
     from napari_4dstem_autoencoder.model.autoencoder import Autoencoder
-    from napari_4dstem_autoencoder.model.config import get_preset
+    from napari_4dstem_autoencoder.model.config import ModelConfig
     from napari_4dstem_autoencoder.training.checkpoints import save_checkpoint
 
     dataset = make_sample_dataset()
     prep = Preprocessor.fit(dataset, PreprocessConfig(scan_crop=(0, GRID, 0, GRID), detector_bin=2))
     torch.manual_seed(0)
-    config = get_preset("seed").replace(name="untrained_fast", pool_schedule="to4",
-                                        decoder_canvas="target")
+    config = ModelConfig(pool_schedule="to4", decoder_canvas="target")
     model = Autoencoder(out_shape=(32, 32), config=config).eval()
     path = tmp_path_factory.mktemp("ckpt") / "untrained.safetensors"
     save_checkpoint(path, model, prep, input_shape=(32, 32))
@@ -50,8 +49,8 @@ def _viewer_with_model(make_napari_viewer, checkpoint, embeddings: bool = True):
     from napari_4dstem_autoencoder.gui.canvas import install
 
     install(viewer)
-    state.set_dataset(viewer.layers[0].metadata["stem4d_dataset"], viewer.layers[0].name)
-    state.set_model(load_checkpoint(checkpoint), checkpoint)
+    state.set_dataset(viewer.layers[0].metadata[DATASET_KEY], viewer.layers[0].name)
+    state.set_model(load_checkpoint(checkpoint))
     if embeddings:
         rng = np.random.default_rng(0)
         emb = rng.random((GRID, GRID, 32)).astype(np.float32)
@@ -81,7 +80,7 @@ def test_bad_checkpoint_is_a_notification_and_the_dock_stays_usable(
         model.load_checkpoint(checkpoint)
     assert not isinstance(result.args[0], Failure)
     assert get_state(viewer).model is not None
-    assert "untrained_fast" in model.summary.toPlainText()
+    assert "untrained.safetensors" in model.summary.toPlainText()
     summary = model.summary.toPlainText()
     assert "— compatible" in summary and "NOT compatible" not in summary
     assert model.embed_button.isEnabled()
@@ -149,7 +148,7 @@ def test_traversal_decodes_from_the_probe_and_follows_sliders(make_napari_viewer
     qtbot.waitUntil(lambda: trav.decoded_image is not None, timeout=30_000)
     assert trav.dims[0] == 5  # the most variable channel comes first
     np.testing.assert_array_equal(trav.z_start, state.embeddings[2, 3])
-    start = backend.decode_latent(state.model, trav.z_start, (32, 32), "cpu")
+    start = backend.decode_latent(state.model, trav.z_start, (32, 32))
     np.testing.assert_allclose(trav.decoded_image, start, atol=1e-6)
 
     with qtbot.waitSignal(trav.decoded, timeout=30_000):
@@ -157,38 +156,9 @@ def test_traversal_decodes_from_the_probe_and_follows_sliders(make_napari_viewer
     z = trav.z_start.copy()
     z[5] = 40.0
     np.testing.assert_allclose(trav.decoded_image,
-                               backend.decode_latent(state.model, z, (32, 32), "cpu"), atol=1e-6)
+                               backend.decode_latent(state.model, z, (32, 32)), atol=1e-6)
     assert not np.allclose(trav.decoded_image, start)
 
-
-def test_traversal_of_a_levelled_model_decodes_at_the_start_pattern_level(
-        make_napari_viewer, qtbot, checkpoint, open_dock, tmp_path):
-    import torch
-
-    from napari_4dstem_autoencoder.model.autoencoder import Autoencoder
-    from napari_4dstem_autoencoder.training.checkpoints import load_checkpoint, save_checkpoint
-
-    viewer, state = _viewer_with_model(make_napari_viewer, checkpoint)
-    prep = state.model.preprocessor
-    view = prep.scan_view(state.dataset)
-    patterns = prep.transform_patterns(np.asarray(view.data.compute()).reshape(-1, 64, 64))
-    torch.manual_seed(0)
-    model = Autoencoder(out_shape=(32, 32), config="levelled").eval()
-    model.set_level_prior(torch.from_numpy(patterns))
-    path = tmp_path / "levelled.safetensors"
-    save_checkpoint(path, model, prep, input_shape=(32, 32))
-    state.set_model(load_checkpoint(str(path)), str(path))
-    levels = patterns.reshape(GRID, GRID, -1).mean(axis=-1)
-    ry, rx = np.unravel_index(np.argmax(np.abs(levels - levels.mean())), levels.shape)
-    state.set_position(int(ry), int(rx))
-    trav = open_dock(viewer, "Traversal")
-    level = float(levels[ry, rx])
-    assert trav.start_level == pytest.approx(level, rel=1e-5)
-    qtbot.waitUntil(lambda: trav.decoded_image is not None, timeout=30_000)
-    expected = backend.decode_latent(state.model, trav.z_start, (32, 32), "cpu", level=level)
-    np.testing.assert_allclose(trav.decoded_image, expected, atol=1e-6)
-    at_mean = backend.decode_latent(state.model, trav.z_start, (32, 32), "cpu")
-    assert np.abs(trav.decoded_image - at_mean).max() > 0.01  # the level made a difference
 
 
 def test_the_dock_starts_with_the_library_clustering_scale():
@@ -262,7 +232,7 @@ def test_latent_maps_composite_clusters_and_export(make_napari_viewer, qtbot, tm
     np.testing.assert_array_equal(results["embeddings"], state.embeddings)
     np.testing.assert_array_equal(results["extra"]["cluster_labels"], latent.labels)
     np.testing.assert_array_equal(results["error"]["mse"], state.error_maps["mse"])
-    assert results["model_config"]["name"] == "untrained_fast"
+    assert results["model_config"]["pool_schedule"] == "to4"
     tif = latent.export(tmp_path / "maps.tif")
     stack = tifffile.imread(tif)
     np.testing.assert_array_equal(stack, np.moveaxis(state.embeddings, -1, 0))
@@ -370,6 +340,69 @@ def test_data_dock_preview_and_virtual_detectors(make_napari_viewer, qtbot, open
     expected = virtual.virtual_annular_dark_field(ds, 10, 25, centre=data._beam_centre)
     np.testing.assert_allclose(adf, expected, rtol=1e-5)
     assert data.virtual_button.isEnabled()
+
+
+def test_data_dock_starts_from_the_readers_beam(make_napari_viewer, qtbot, open_dock,
+                                                monkeypatch):
+    from napari_4dstem_autoencoder.data import virtual
+    from napari_4dstem_autoencoder.gui.keys import BEAM_KEY
+
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, SAMPLE)
+    beam = viewer.layers[0].metadata[BEAM_KEY]
+    calls = []
+    real = virtual.estimate_beam
+    monkeypatch.setattr(virtual, "estimate_beam",
+                        lambda *a, **k: calls.append(a) or real(*a, **k))
+    data = open_dock(viewer, "Data")
+    assert data._beam_centre == pytest.approx(beam.centre)  # at once: no worker
+    assert data.bf_radius.value() == pytest.approx(round(beam.radius, 1))
+    data.compute_virtual_images()
+    qtbot.waitUntil(lambda: data._vworker is None, timeout=60_000)
+    assert calls == []  # one estimate per dataset: the reader's
+    # the navigator the dock wrote still carries it
+    assert viewer.layers["4D-STEM sample virtual BF"].metadata[BEAM_KEY] is beam
+
+
+def test_inspector_preprocesses_each_clicked_pattern_once(make_napari_viewer, qtbot, checkpoint,
+                                                         open_dock):
+    viewer, state = _viewer_with_model(make_napari_viewer, checkpoint)
+    prep = state.model.preprocessor
+    real = prep.transform_patterns
+    calls = []
+    prep.transform_patterns = lambda raw: calls.append(np.shape(raw)) or real(raw)
+    inspector = open_dock(viewer, "Inspector")
+    for pos in ((1, 2), (4, 3), (5, 0)):
+        calls.clear()
+        with qtbot.waitSignal(inspector.updated, timeout=30_000):
+            state.set_position(*pos)
+        assert len(calls) == 1 and calls[0][-2:] == (64, 64)  # one pass, one pattern
+        np.testing.assert_allclose(inspector.input_image, real(state.dataset.pattern(*pos)))
+        np.testing.assert_allclose(inspector.diff_image,
+                                   inspector.recon_image - inspector.input_image)
+
+
+def test_previews_and_embeddings_share_the_one_layer_writer(make_napari_viewer, checkpoint):
+    from napari_4dstem_autoencoder.data.preprocess import PreprocessConfig
+    from napari_4dstem_autoencoder.gui.canvas import EMBEDDINGS_LAYER
+    from napari_4dstem_autoencoder.gui.state import ScanGeometry
+
+    viewer, state = _viewer_with_model(make_napari_viewer, checkpoint, embeddings=False)
+    # a run on another grid than the loaded model's: the preview is drawn on the run's grid
+    geo = ScanGeometry.for_preprocess(state.dataset,
+                                      PreprocessConfig(scan_crop=(8, 40, 4, 36), scan_bin=2))
+    rng = np.random.default_rng(0)
+    state.set_preview(rng.random((8, 8, 32)).astype(np.float32), 2, geo)
+    layer = viewer.layers[EMBEDDINGS_LAYER]
+    assert layer.data.shape == (32, 8, 8) and layer.metadata["positions_step"] == 2
+    np.testing.assert_allclose(layer.scale[-2:], (2 * geo.scale[0], 2 * geo.scale[1]))
+    np.testing.assert_allclose(layer.translate[-2:], geo.translate)
+    assert state.embeddings is None  # a preview is not the state's embeddings
+    emb = rng.random((GRID, GRID, 32)).astype(np.float32)
+    state.set_embeddings(emb, None)
+    layer = viewer.layers[EMBEDDINGS_LAYER]
+    assert layer.data.shape == (32, GRID, GRID) and layer.metadata["positions_step"] == 1
+    np.testing.assert_allclose(layer.scale[-2:], state.embedding_geometry.scale)
 
 
 def test_inspector_without_model_and_arrow_keys(make_napari_viewer, qtbot, open_dock):

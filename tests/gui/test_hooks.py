@@ -46,6 +46,31 @@ def test_reader_layer_tuple_and_pair_deduplication(real_data_dir, monkeypatch):
     assert first[0][2] == "image" and second == [(None,)]
 
 
+def test_the_navigator_carries_the_beam_its_bright_field_was_summed_over(real_data_dir):
+    from napari_4dstem_autoencoder.data import open_dataset
+    from napari_4dstem_autoencoder.data.virtual import estimate_beam, virtual_bright_field
+
+    with open_dataset(real_data_dir / "quantumdetector/001_4x2_6bit.mib") as ds:
+        data, kwargs, _ = hooks.dataset_layers(ds)[0]
+        beam = kwargs["metadata"][hooks.BEAM_KEY]
+        assert beam == estimate_beam(ds)
+        np.testing.assert_allclose(data, virtual_bright_field(ds, beam.radius, beam.centre))
+    # nothing else rides along unread
+    assert set(kwargs["metadata"]) == {hooks.DATASET_KEY, hooks.BEAM_KEY,
+                                       hooks.NAVIGATOR_STRIDE_KEY}
+
+
+def test_the_plugin_name_is_the_manifests():
+    from pathlib import Path
+
+    import yaml
+
+    from napari_4dstem_autoencoder.gui.keys import PLUGIN
+
+    manifest = Path(hooks.__file__).parents[1] / "napari.yaml"
+    assert yaml.safe_load(manifest.read_text())["name"] == PLUGIN
+
+
 def test_large_files_get_a_strided_navigator(real_data_dir, monkeypatch):
     monkeypatch.setattr(hooks, "_recent", {})
     monkeypatch.setattr(hooks, "NAVIGATOR_FULL_BYTES", 2**20)

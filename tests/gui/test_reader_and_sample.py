@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-PLUGIN = "napari-4dstem-autoencoder"
+from napari_4dstem_autoencoder.gui.keys import DATASET_KEY, LABELS_KEY, PLUGIN
 
 
 def test_open_file_through_napari(make_napari_viewer, real_data_dir):
@@ -17,7 +17,7 @@ def test_open_file_through_napari(make_napari_viewer, real_data_dir):
     assert layer.data.shape == (3, 2)
     np.testing.assert_allclose(layer.scale, (12.8, 12.8))
     assert [str(u) for u in layer.units] == ["nanometer", "nanometer"]
-    ds = layer.metadata["stem4d_dataset"]
+    ds = layer.metadata[DATASET_KEY]
     assert ds.shape == (3, 2, 144, 144) and ds.dtype == np.uint8
 
 
@@ -30,10 +30,10 @@ def test_open_sample_through_napari(make_napari_viewer, tmp_path):
     assert nav.data.shape == (64, 64) and truth.data.shape == (64, 64)
     np.testing.assert_allclose(nav.scale, (0.5, 0.5))
     np.testing.assert_allclose(truth.scale, (0.5, 0.5))
-    assert nav.metadata["stem4d_dataset"].shape == (64, 64, 64, 64)
-    assert set(np.unique(nav.metadata["stem4d_labels"])) == {0, 1, 2, 3, 4}
+    assert nav.metadata[DATASET_KEY].shape == (64, 64, 64, 64)
+    assert set(np.unique(nav.metadata[LABELS_KEY])) == {0, 1, 2, 3, 4}
     # vacuum (no specimen scattering) is the brightest part of the bright-field image
-    labels = nav.metadata["stem4d_labels"]
+    labels = nav.metadata[LABELS_KEY]
     assert nav.data[labels == 0].mean() > nav.data[labels != 0].mean()
     viewer.reset_view()
     shot = viewer.screenshot(str(tmp_path / "sample.png"), canvas_only=True, flash=False)

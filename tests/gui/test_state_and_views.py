@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import dask.array as da
 import numpy as np
 import pytest
@@ -29,7 +31,48 @@ def test_geometry_of_a_cropped_binned_grid_lines_up_with_the_file_grid():
     assert geo.to_grid(3, 2) == (0, 0)
     assert geo.to_grid(9, 10) == (3, 4)
     assert geo.to_grid(1, 5) is None and geo.to_grid(5, 11) is None
-    assert geo.from_grid(3, 4) == (8, 9)
+
+
+def _numbered(ry: int, rx: int) -> Dataset4D:
+    """Every pattern of position (r, c) is filled with 100 r + c."""
+    values = (100 * np.arange(ry)[:, None] + np.arange(rx)[None, :]).astype(np.float32)
+    data = np.broadcast_to(values[:, :, None, None], (ry, rx, 2, 2)).copy()
+    return Dataset4D(da.from_array(data, chunks=(4, 4, 2, 2)),
+                     calibration=Calibration(scan_step=(0.5, 0.5), scan_unit="nm"))
+
+
+@pytest.mark.parametrize("scan", [(9, 11), (10, 7), (5, 13)])
+@pytest.mark.parametrize("crop", [None, (1, 8, 2, 7), (0, 9, 3, 7), (2, 5, 1, 6), (3, 12, 0, 4),
+                                  (0, 4, 5, 20), (9, 12, 0, 3)])
+@pytest.mark.parametrize("factor", [1, 2, 3])
+def test_geometry_is_the_grid_of_the_preprocessors_scan_view(scan, crop, factor):
+    """One rule: the grid the docks map clicks onto is the grid the model sees (odd sizes,
+    bins that leave a remainder, crops that run past the scan edge)."""
+    from napari_4dstem_autoencoder.data.preprocess import Preprocessor
+
+    ds = _numbered(*scan)
+    config = PreprocessConfig(scan_crop=crop, scan_bin=factor)
+    try:
+        view = Preprocessor(config).scan_view(ds)
+    except ValueError as exc:  # the scan view refuses the crop: so does the geometry
+        with pytest.raises(ValueError, match=re.escape(str(exc))):
+            ScanGeometry.for_preprocess(ds, config)
+        return
+    geo = ScanGeometry.for_preprocess(ds, config)
+    assert geo.shape == view.scan_shape
+    assert geo.factor == factor and geo.offset == ((crop[0], crop[2]) if crop else (0, 0))
+    # every file position inside the view's bins lands on the bin the view averaged it into
+    values = np.asarray(view.data[..., 0, 0].compute())
+    for gy in range(geo.shape[0]):
+        for gx in range(geo.shape[1]):
+            y0, x0 = geo.offset[0] + gy * factor, geo.offset[1] + gx * factor
+            block = [(y, x) for y in range(y0, y0 + factor) for x in range(x0, x0 + factor)]
+            assert all(geo.to_grid(y, x) == (gy, gx) for y, x in block)
+            assert values[gy, gx] == pytest.approx(np.mean([100 * y + x for y, x in block]))
+    # positions the view dropped (outside the crop, a bin's remainder) map to no grid cell
+    covered = {(y, x) for y in range(scan[0]) for x in range(scan[1])
+               if geo.to_grid(y, x) is not None}
+    assert len(covered) == geo.shape[0] * geo.shape[1] * factor**2
 
 
 def test_geometry_without_preprocessing_is_the_file_grid():
@@ -54,15 +97,20 @@ def test_loss_plot_appends_past_its_preallocation(qtbot):
     assert len(x) == n
 
 
-def test_loss_plot_draws_every_engine_loss_in_its_own_colour(qtbot):
+def test_loss_plot_draws_the_objectives_terms_in_order_each_in_its_own_colour(qtbot):
     from napari_4dstem_autoencoder.gui.views import LossPlot
-    from napari_4dstem_autoencoder.training.engine import LOSS_KEYS
+    from napari_4dstem_autoencoder.objective import Objective, ObjectiveConfig
 
+    names = Objective(ObjectiveConfig(graph_weight=1.0)).names  # the most terms a preset has
     plot = LossPlot()
     qtbot.addWidget(plot)
-    plot.append(1, {key: 1.0 for key in LOSS_KEYS})
-    colours = {plot._curves[key].opts["pen"].color().name() for key in LOSS_KEYS}
-    assert len(colours) == len(LOSS_KEYS)
+    plot.set_terms(names)
+    assert tuple(plot._curves) == names and plot.n_points == 0
+    plot.append(1, {key: 1.0 for key in names})
+    colours = {plot._curves[key].opts["pen"].color().name() for key in names}
+    assert len(colours) == len(names)
+    plot.set_terms(names[:2])  # a new run starts from its own names
+    assert tuple(plot._curves) == names[:2] and plot.n_points == 0
 
 
 def test_rgb_composite_stretches_each_channel_and_ranks_channels():
@@ -80,3 +128,39 @@ def test_eta_format():
     assert format_eta(5) == "0:05"
     assert format_eta(3725) == "1:02:05"
     assert format_eta(None) == "–"
+
+
+def test_pattern_quality_is_the_quality_modules_psnr_and_ssim():
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    from napari_4dstem_autoencoder.gui import backend
+
+    rng = np.random.default_rng(0)
+    for shape in ((32, 32), (33, 40)):  # the smallest model input, and an odd one
+        a = rng.random(shape).astype(np.float32)
+        b = np.clip(a + rng.normal(0, 0.05, shape), 0, 1).astype(np.float32)
+        psnr, ssim = backend.pattern_quality(a, b)
+        x, y = a.astype(np.float64), b.astype(np.float64)
+        assert psnr == pytest.approx(peak_signal_noise_ratio(x, y, data_range=1.0), rel=1e-9)
+        assert ssim == pytest.approx(structural_similarity(x, y, data_range=1.0, win_size=7),
+                                     rel=1e-9)
+    assert backend.pattern_quality(a, a) == (float("inf"), pytest.approx(1.0))
+
+
+def test_one_filter_finds_the_layers_that_carry_a_dataset_and_their_beam():
+    from types import SimpleNamespace
+
+    from napari_4dstem_autoencoder.data.virtual import BeamEstimate
+    from napari_4dstem_autoencoder.gui.keys import BEAM_KEY, DATASET_KEY
+    from napari_4dstem_autoencoder.gui.state import dataset_beam, dataset_layers, layer_dataset
+
+    ds, other = _dataset(), _dataset(4, 4)
+    beam = BeamEstimate((15.5, 16.0), 4.0)
+    layers = [SimpleNamespace(name="map", metadata={}),
+              SimpleNamespace(name="nav", metadata={DATASET_KEY: ds, BEAM_KEY: beam}),
+              SimpleNamespace(name="script", metadata={DATASET_KEY: other}),
+              SimpleNamespace(name="none", metadata={DATASET_KEY: None})]
+    viewer = SimpleNamespace(layers=layers)
+    assert [layer.name for layer in dataset_layers(viewer)] == ["nav", "script"]
+    assert layer_dataset(layers[1]) is ds and layer_dataset(layers[0]) is None
+    assert dataset_beam(viewer, ds) is beam and dataset_beam(viewer, other) is None

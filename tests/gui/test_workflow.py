@@ -12,11 +12,11 @@ import numpy as np
 from napari.utils.key_bindings import coerce_keybinding
 
 from napari_4dstem_autoencoder.gui.canvas import EMBEDDINGS_LAYER, ERROR_LAYER, PROBE_LAYER
+from napari_4dstem_autoencoder.gui.keys import PLUGIN
 from napari_4dstem_autoencoder.gui.state import get_state
 from napari_4dstem_autoencoder.training import events as ev
 from napari_4dstem_autoencoder.training.checkpoints import load_checkpoint
 
-PLUGIN = "napari-4dstem-autoencoder"
 SAMPLE = "stem4d_sample"
 CROP = (0, 8, 0, 8)
 TRAIN_TIMEOUT_MS = 240_000
@@ -39,9 +39,17 @@ def _prepare(viewer, open_dock, preset: str, epochs: int = 2):
     return data, train, state
 
 
-def test_full_workflow(make_napari_viewer, qtbot, tmp_path, fast_preset, open_dock, click):
+def test_full_workflow(make_napari_viewer, qtbot, tmp_path, fast_preset, open_dock, click,
+                       monkeypatch):
+    from napari_4dstem_autoencoder.gui import backend
+
     viewer = make_napari_viewer()
     data, train, state = _prepare(viewer, open_dock, fast_preset)
+    reads, previews = [], []
+    real_load = backend.load_checkpoint
+    monkeypatch.setattr(backend, "load_checkpoint",
+                        lambda *a, **k: reads.append(a) or real_load(*a, **k))
+    state.preview_changed.connect(lambda _emb, step, _geo: previews.append(step))
     inspector = open_dock(viewer, "Inspector")
     latent = open_dock(viewer, "Latent maps")
     dataset = state.dataset
@@ -59,7 +67,13 @@ def test_full_workflow(make_napari_viewer, qtbot, tmp_path, fast_preset, open_do
     assert train.loss_plot.n_points == n_batches
     assert np.all(np.isfinite(train.loss_plot.series("mse")))
     assert "Preview" in train.events_seen
+    assert previews  # live maps reach the embeddings layer through the state's writer
     assert train.epoch_bar.value() == 2
+    # the trained model in memory is the state's model; its checkpoint is not read back
+    assert state.model.model is event.model and state.model.preprocessor is event.preprocessor
+    assert str(state.model.path) == event.checkpoint and state.model.preset == fast_preset
+    assert state.model.epoch == 2 and state.model.input_shape == (32, 32)
+    assert reads == []
 
     # the run's checkpoint is loaded and the whole (cropped) scan embedded automatically
     qtbot.waitUntil(lambda: state.embeddings is not None and state.error_maps is not None,
@@ -133,7 +147,7 @@ def test_stop_mid_training_leaves_a_loadable_checkpoint(make_napari_viewer, qtbo
     assert isinstance(event, ev.Finished) and event.reason == "stopped"
     assert event.checkpoint is not None
     loaded = load_checkpoint(event.checkpoint)
-    assert loaded.model.config.name == fast_preset
+    assert loaded.preset == fast_preset
     assert loaded.input_shape == (32, 32)
     qtbot.waitUntil(lambda: not train.running, timeout=30_000)
     assert train.start_button.isEnabled() and not train.stop_button.isEnabled()

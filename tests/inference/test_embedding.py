@@ -10,17 +10,15 @@ import tifffile
 import torch
 
 from napari_4dstem_autoencoder.inference.embedding import (EmbeddingCancelled, embed_and_score,
-                                                          embed_dataset, reconstruct,
-                                                          reconstruction_error_maps,
-                                                          safe_batch_size, scan_blocks,
-                                                          scan_tiles)
+                                                          reconstruct, safe_batch_size,
+                                                          scan_blocks, scan_tiles)
 from napari_4dstem_autoencoder.inference.export import export_hdf5, export_tiff, read_results
 from napari_4dstem_autoencoder.data.dataset import Dataset4D
 from napari_4dstem_autoencoder.data.preprocess import PreprocessConfig, Preprocessor
 from napari_4dstem_autoencoder.model.autoencoder import Autoencoder
 from napari_4dstem_autoencoder.model.config import ModelConfig
 
-FAST = ModelConfig(name="fast-test", pool_schedule="to4", decoder_canvas="target")
+FAST = ModelConfig(pool_schedule="to4", decoder_canvas="target")
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +39,9 @@ def setup(data):
 def test_embeddings_match_a_direct_encoder_pass_whatever_the_batch(setup, data):
     model, prep, ds = setup
     calls = []
-    small = embed_dataset(model, prep, ds, batch_size=4, progress=lambda d, t: calls.append((d, t)))
-    big = embed_dataset(model, prep, ds, batch_size=256)
+    small = embed_and_score(model, prep, ds, batch_size=4, score=False,
+                            progress=lambda d, t: calls.append((d, t))).embeddings
+    big = embed_and_score(model, prep, ds, batch_size=256, score=False).embeddings
     assert small.shape == (3, 5, 32) and small.dtype == np.float32
     np.testing.assert_allclose(small, big, atol=1e-5)
     x = torch.from_numpy(prep.transform_patterns(data[2, 3])).reshape(1, 1, 32, 32)
@@ -81,7 +80,7 @@ def test_batches_stay_under_the_cuda_element_limit():
 
 def test_error_maps_agree_with_reconstruct(setup, data):
     model, prep, ds = setup
-    maps = reconstruction_error_maps(model, prep, ds, batch_size=6)
+    maps = embed_and_score(model, prep, ds, batch_size=6).error_maps()
     inputs, recon = reconstruct(model, prep, data[1, 4])
     assert inputs.shape == recon.shape == (32, 32)
     assert 0 <= recon.min() and recon.max() <= 1
@@ -106,7 +105,7 @@ def test_stop_cancels(setup):
     stop = threading.Event()
     stop.set()
     with pytest.raises(EmbeddingCancelled):
-        embed_dataset(model, prep, ds, batch_size=4, stop=stop)
+        embed_and_score(model, prep, ds, batch_size=4, stop=stop, score=False).embeddings
 
 
 def test_streams_from_an_hdf5_file_in_bounded_batches(setup, data, tmp_path):
@@ -128,8 +127,9 @@ def test_streams_from_an_hdf5_file_in_bounded_batches(setup, data, tmp_path):
 
     with h5py.File(path, "r") as f:
         ds = Dataset4D(da.from_array(Counting(f["data"]), chunks=(1, 5, 32, 32)))
-        emb = embed_dataset(model, prep, ds, batch_size=2)
-    np.testing.assert_allclose(emb, embed_dataset(model, prep, setup[2], batch_size=5), atol=1e-5)
+        emb = embed_and_score(model, prep, ds, batch_size=2, score=False).embeddings
+    whole = embed_and_score(model, prep, setup[2], batch_size=5, score=False).embeddings
+    np.testing.assert_allclose(emb, whole, atol=1e-5)
     assert max(reads) <= 5 and sum(reads) == 15
 
 

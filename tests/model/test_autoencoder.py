@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from napari_4dstem_autoencoder.model import Autoencoder, ModelConfig, get_preset
+from napari_4dstem_autoencoder.model import Autoencoder, ModelConfig
+from napari_4dstem_autoencoder.objective import Objective, ObjectiveConfig
 from napari_4dstem_autoencoder.model.blocks import count_parameters
 from napari_4dstem_autoencoder.model.summary import profile
 
@@ -97,7 +98,7 @@ def test_gradient_reaches_every_parameter_the_forward_pass_uses(size):
     model = Autoencoder(out_shape=(size, size)).train()
     x = torch.rand(1, 1, size, size)  # one pattern: BN still sees H*W values per channel
     x_hat, z = model.encode_decode(x)
-    model.compute_loss(x, x_hat, z)["total"].backward()
+    Objective()(x, x_hat, z)["total"].backward()
     no_grad = {n for n, p in model.named_parameters() if p.grad is None or p.grad.abs().sum() == 0}
     if size == 256:
         assert no_grad == set()
@@ -112,7 +113,7 @@ def test_gradient_reaches_every_parameter_the_forward_pass_uses(size):
 
 def test_parameter_count_is_independent_of_preset_and_out_shape():
     counts = {Autoencoder(out_shape=s, config=p).num_parameters() for s in ((64, 64), (300, 200))
-              for p in ("seed",)}
+              for p in (ModelConfig(), ModelConfig(pool_schedule="to4", decoder_canvas="target"))}
     assert counts == {SEED_PARAMS}
 
 
@@ -136,7 +137,7 @@ def test_batch_size_one_gives_finite_loss_with_zero_batch_terms():
     model = Autoencoder(out_shape=(64, 64)).train()
     x = torch.rand(1, 1, 64, 64)
     x_hat, z = model.encode_decode(x)
-    losses = model.compute_loss(x, x_hat, z)
+    losses = Objective()(x, x_hat, z)  # the seed objective
     assert all(torch.isfinite(v) for v in losses.values())
     assert losses["divergence"].item() == 0.0 and losses["contrastive"].item() == 0.0
     assert losses["total"].item() == pytest.approx(
@@ -144,11 +145,10 @@ def test_batch_size_one_gives_finite_loss_with_zero_batch_terms():
 
 
 def test_loss_components_follow_the_documented_formula():
-    model = Autoencoder(out_shape=(32, 32))
     x = torch.rand(4, 1, 32, 32)
     x_hat = torch.rand(4, 1, 32, 32)
     z = torch.rand(4, 32) + 0.1
-    out = model.compute_loss(x, x_hat, z, lambda_act=0.5, lambda_sim=0.25, lambda_div=0.125)
+    out = Objective(ObjectiveConfig(lambda_act=0.5, lambda_sim=0.25, lambda_div=0.125))(x, x_hat, z)
     mse = ((x - x_hat) ** 2).mean()
     div = (1.0 / (z.var(dim=0) + 1e-8)).mean()
     assert out["mse"].item() == pytest.approx(mse.item(), rel=1e-6)
@@ -162,10 +162,9 @@ def test_loss_components_follow_the_documented_formula():
 
 def test_seed_divergence_explodes_on_a_dead_unit():
     """Documented flaw 4: one constant embedding dimension adds 1/eps / 32 to the term."""
-    model = Autoencoder(out_shape=(32, 32))
     z = torch.rand(8, 32)
     z[:, 5] = 0.0
-    assert model.compute_loss(torch.zeros(8, 1, 32, 32), torch.zeros(8, 1, 32, 32), z)[
+    assert Objective()(torch.zeros(8, 1, 32, 32), torch.zeros(8, 1, 32, 32), z)[
         "divergence"].item() > 1e8 / 32 * 0.99
 
 
@@ -199,9 +198,9 @@ def test_too_small_input_is_a_clear_error(seed_model):
 
 
 def test_config_round_trips_and_rejects_unknown_fields():
-    cfg = get_preset("seed")
+    cfg = ModelConfig(pool_schedule="to4", output_prior="mean_pattern")
     assert ModelConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="unknown model config fields"):
         ModelConfig.from_dict({**cfg.to_dict(), "mystery": 1})
-    with pytest.raises(ValueError, match="unknown preset"):
-        get_preset("nope")
+    with pytest.raises(ValueError, match="unknown pool_schedule"):
+        ModelConfig(pool_schedule="half")

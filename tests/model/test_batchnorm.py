@@ -4,6 +4,7 @@ import torch
 from torch import nn
 
 from napari_4dstem_autoencoder.model.autoencoder import Autoencoder
+from napari_4dstem_autoencoder.model.config import ModelConfig
 from napari_4dstem_autoencoder.model.batchnorm import batchnorm_layers, recalibrate_batchnorm
 
 
@@ -24,7 +25,7 @@ def test_running_stats_become_the_average_over_the_batches():
 
 def test_eval_mode_matches_train_mode_after_recalibration():
     torch.manual_seed(0)
-    model = Autoencoder(out_shape=(32, 32), config="decorrelated")
+    model = Autoencoder(out_shape=(32, 32), config=ModelConfig(pool_schedule="to4", decoder_canvas="target"))
     x = torch.rand(16, 1, 32, 32)
     with torch.no_grad():
         train_mode = model.train()(x)
@@ -39,7 +40,7 @@ def test_eval_mode_matches_train_mode_after_recalibration():
 
 
 def test_nothing_changes_without_usable_batches():
-    model = Autoencoder(out_shape=(32, 32), config="decorrelated")
+    model = Autoencoder(out_shape=(32, 32), config=ModelConfig(pool_schedule="to4", decoder_canvas="target"))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     assert recalibrate_batchnorm(model, []) == 0
     assert recalibrate_batchnorm(model, [torch.rand(1, 1, 32, 32)]) == 0  # no batch statistics

@@ -80,7 +80,7 @@ def test_teacher_targets_follow_the_nearest_reference_patterns():
     gen = torch.Generator().manual_seed(1)
     lift = torch.linalg.qr(torch.randn(32 * 32, 2, generator=gen))[0]
     patterns = (torch.from_numpy(points).float() @ lift.T).reshape(-1, 32, 32)
-    teacher = DiffusionTeacher(patterns, n_neighbours=10, diffusion_time=64, n_components=4)
+    teacher = DiffusionTeacher.fit(patterns, n_neighbours=10, diffusion_time=64, n_components=4)
     assert teacher.projection.shape == (32, 4)
     torch.testing.assert_close(teacher.projection.T @ teacher.projection, torch.eye(4),
                                atol=1e-5, rtol=0)
@@ -97,7 +97,7 @@ def test_teacher_loss_pulls_free_embeddings_into_the_clusters():
     points, labels = long_cloud_and_blob()
     patterns = torch.zeros(len(points), 32, 32)
     patterns[:, 0, :2] = torch.from_numpy(points).float()
-    teacher = DiffusionTeacher(patterns, n_neighbours=10, diffusion_time=64, n_components=4)
+    teacher = DiffusionTeacher.fit(patterns, n_neighbours=10, diffusion_time=64, n_components=4)
     x = patterns[:, None]
     # embeddings that start as the raw geometry (cut in half by k-means) plus noise
     gen = torch.Generator().manual_seed(2)
@@ -120,14 +120,14 @@ def test_teacher_refuses_what_it_cannot_fit():
     with pytest.raises(ValueError, match="at least 3 patterns"):
         diffusion_coordinates(np.zeros((2, 4)), 10, 64, 4)
     with pytest.raises(ValueError, match="between 1 and the latent size 32"):
-        DiffusionTeacher(torch.rand(10, 32, 32), n_components=33)
+        DiffusionTeacher.fit(torch.rand(10, 32, 32), n_components=33)
     # 10 patterns, 15 neighbours asked: each is every other's neighbour, no slow mode to teach
-    assert not DiffusionTeacher(torch.rand(10, 32, 32), n_neighbours=15).has_structure
+    assert not DiffusionTeacher.fit(torch.rand(10, 32, 32), n_neighbours=15).has_structure
     points, _ = long_cloud_and_blob()
     patterns = torch.zeros(len(points), 32, 32)
     patterns[:, 0, :2] = torch.from_numpy(points).float()
-    assert DiffusionTeacher(patterns, n_neighbours=10).has_structure
-    one = DiffusionTeacher(torch.rand(10, 32, 32), n_neighbours=3, n_components=4)
+    assert DiffusionTeacher.fit(patterns, n_neighbours=10).has_structure
+    one = DiffusionTeacher.fit(torch.rand(10, 32, 32), n_neighbours=3, n_components=4)
     z = torch.rand(1, 32, requires_grad=True)
     loss = one.loss(torch.rand(1, 1, 32, 32), z)
     assert float(loss) == 0.0 and loss.requires_grad

@@ -9,6 +9,7 @@ from safetensors.torch import save_file
 
 from napari_4dstem_autoencoder.data.preprocess import PreprocessConfig, Preprocessor
 from napari_4dstem_autoencoder.model.autoencoder import Autoencoder
+from napari_4dstem_autoencoder.objective import Objective, ObjectiveConfig
 from napari_4dstem_autoencoder.training import checkpoints as ck
 from napari_4dstem_autoencoder.training.checkpoints import (CheckpointError, load_checkpoint,
                                                             read_checkpoint, save_checkpoint)
@@ -23,7 +24,7 @@ def parts(fast_model, tiny_dataset):
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     x = torch.rand(2, 1, 32, 32)
     x_hat, z = model.encode_decode(x)
-    model.compute_loss(x, x_hat, z)["mse"].backward()
+    Objective()(x, x_hat, z)["mse"].backward()
     opt.step()
     return model, prep, opt
 
@@ -166,7 +167,8 @@ def _rewrite(path, edit_meta=None, edit_tensors=None):
         meta["sha256"] = ck._tensor_digest(tensors)
     if edit_meta:
         edit_meta(meta)
-    header = {"format": ck.FORMAT_NAME, "format_version": "1", ck._META_KEY: json.dumps(meta)}
+    header = {"format": ck.FORMAT_NAME, "format_version": str(meta["format_version"]),
+              ck._META_KEY: json.dumps(meta)}
     save_file(tensors, str(path), metadata=header)
 
 
@@ -210,13 +212,93 @@ def test_random_bytes_are_not_a_checkpoint(tmp_path):
 
 
 def test_the_output_prior_travels_with_the_weights(tmp_path, tiny_dataset, tiny_config):
-    from napari_4dstem_autoencoder.model.config import get_preset
+    from napari_4dstem_autoencoder.training.presets import get_preset
 
-    model = Autoencoder(out_shape=(32, 32), config="prior")
+    model = Autoencoder(out_shape=(32, 32), config=get_preset("continuous").model)
     model.set_output_prior(torch.linspace(0.01, 0.9, 32 * 32).reshape(32, 32))
     prep = Preprocessor.fit(tiny_dataset(), PreprocessConfig())
     path = tmp_path / "prior.safetensors"
-    save_checkpoint(path, model, prep, tiny_config(model=get_preset("prior")), [], epoch=1)
+    save_checkpoint(path, model, prep, tiny_config(preset="continuous", model=None), [], epoch=1)
     loaded = load_checkpoint(path)
     assert loaded.model.config.output_prior == "mean_pattern"
+    assert loaded.preset == "continuous"
     assert torch.equal(loaded.model.decoder.prior_logit, model.decoder.prior_logit)
+
+
+def _fitted_graph_objective(n=12):
+    """An objective whose teacher was fitted on two clouds of patterns (it has structure)."""
+    gen = torch.Generator().manual_seed(0)
+    patterns = torch.cat([torch.rand(n, 32, 32, generator=gen) * 0.1,
+                          torch.rand(n, 32, 32, generator=gen) * 0.1 + 0.8])
+    objective = Objective(ObjectiveConfig(graph_weight=1.0, graph_neighbours=3,
+                                          graph_components=4))
+    objective.fit(patterns)
+    assert objective.teacher is not None
+    return objective
+
+
+def test_the_fitted_objective_travels_with_the_weights_under_the_checksum(parts, tmp_path):
+    model, prep, _ = parts
+    objective = _fitted_graph_objective()
+    path = tmp_path / "graph.safetensors"
+    save_checkpoint(path, model, prep, objective=objective)
+    loaded = load_checkpoint(path)
+    assert loaded.objective.config == objective.config and loaded.objective.fitted
+    torch.testing.assert_close(loaded.objective.teacher.coords, objective.teacher.coords)
+    torch.testing.assert_close(loaded.objective.teacher.reference, objective.teacher.reference)
+    x = torch.rand(6, 1, 32, 32)
+    z = torch.rand(6, 32)
+    torch.testing.assert_close(loaded.objective(x, x, z)["graph"], objective(x, x, z)["graph"])
+
+    def nudge(tensors):
+        tensors = dict(tensors)
+        tensors["objective.graph.coords"] = tensors["objective.graph.coords"] + 1
+        return tensors
+    tensors, meta = read_checkpoint(path)
+    header = {"format": ck.FORMAT_NAME, "format_version": str(ck.FORMAT_VERSION),
+              ck._META_KEY: json.dumps(meta)}
+    save_file(nudge(tensors), str(path), metadata=header)  # the checksum is not updated
+    _expect(path, "checksum")
+
+
+def test_an_unfitted_objective_is_saved_as_unfitted(parts, tmp_path):
+    model, prep, _ = parts
+    path = tmp_path / "unfitted.safetensors"
+    save_checkpoint(path, model, prep, objective=Objective(ObjectiveConfig(graph_weight=1.0)))
+    loaded = load_checkpoint(path)
+    assert not loaded.objective.fitted and loaded.objective.teacher is None
+    assert not any(k.startswith("objective.") for k in read_checkpoint(path)[0])
+
+
+def _as_format_1(meta, old_model_fields):
+    """Rewrite format-2 metadata the way format 1 stored it: loss settings in the model config."""
+    meta["format_version"] = 1
+    objective = meta.pop("objective")["config"]
+    meta["model_config"] = {"name": "graph", **meta["model_config"], **objective,
+                            "reconstruction_weighting": "uniform", "balance_min_variance": 0.01,
+                            "balance_max_directions": 8, "balance_max_gain": 100.0,
+                            "lambda_corr": 0.0, **old_model_fields}
+    train = meta["train_config"]
+    train.pop("objective")
+    train.update(preset="graph", lambda_act=None, lambda_sim=None, lambda_div=0.5,
+                 model=meta["model_config"])
+
+
+def test_a_format_1_checkpoint_is_migrated(saved):
+    _rewrite(saved, edit_meta=lambda m: _as_format_1(m, {"graph_weight": 1.0}))
+    loaded = load_checkpoint(saved)
+    assert loaded.preset == "regions"
+    assert loaded.objective.config.graph_weight == 1.0 and not loaded.objective.fitted
+    assert loaded.train_config.objective_config().lambda_div == 0.5  # the override kept
+    assert loaded.train_config.model_config() == loaded.model.config
+
+
+@pytest.mark.parametrize("fields, what", [
+    ({"reconstruction_weighting": "pca_balanced", "name": "balanced"}, "'balanced'"),
+    ({"output_prior": "mean_and_level", "name": "levelled"}, "'levelled'"),
+])
+def test_a_format_1_checkpoint_of_a_dropped_research_preset_is_refused_by_name(saved, fields,
+                                                                               what):
+    _rewrite(saved, edit_meta=lambda m: _as_format_1(m, fields))
+    err = _expect(saved, "research preset")
+    assert what in str(err) and "regions" in str(err)

@@ -4,13 +4,16 @@ import pytest
 import torch
 
 from napari_4dstem_autoencoder.data.preprocess import PreprocessConfig
-from napari_4dstem_autoencoder.model.config import DEFAULT_PRESET, ModelConfig
+from napari_4dstem_autoencoder.model.config import ModelConfig
+from napari_4dstem_autoencoder.objective import ObjectiveConfig
+from napari_4dstem_autoencoder.training.presets import DEFAULT_PRESET, get_preset
 from napari_4dstem_autoencoder.training.config import TrainConfig
 from napari_4dstem_autoencoder.training.device import choose_precision, resolve_device
 
 
 def test_config_json_round_trip_keeps_every_field():
-    cfg = TrainConfig(model=ModelConfig(pool_schedule="to4"), epochs=3, lambda_div=0.0,
+    cfg = TrainConfig(model=ModelConfig(pool_schedule="to4"), epochs=3,
+                      objective=ObjectiveConfig(lambda_div=0.0, graph_weight=0.5),
                       preprocess=PreprocessConfig(detector_bin=2, detector_crop=(0, 64, 0, 64)),
                       train_subset=100, max_minutes=2.5, device="cuda:1", amp="bf16",
                       checkpoint_path="/tmp/x.safetensors")
@@ -18,12 +21,17 @@ def test_config_json_round_trip_keeps_every_field():
     assert back == cfg
     assert back.preprocess.detector_crop == (0, 64, 0, 64)
     assert back.model_config().pool_schedule == "to4"
+    assert back.objective_config() == ObjectiveConfig(lambda_div=0.0, graph_weight=0.5)
 
 
-def test_lambdas_default_to_the_model_and_can_be_overridden():
+def test_model_and_objective_default_to_the_preset_and_can_be_overridden():
     assert TrainConfig().preset == DEFAULT_PRESET  # the measured default, not the seed
-    cfg = TrainConfig(preset="seed", lambda_div=0.0)
-    assert cfg.lambdas() == {"lambda_act": 1e-4, "lambda_sim": 5e-5, "lambda_div": 0.0}
+    seed = TrainConfig(preset="seed")
+    assert seed.model_config() == get_preset("seed").model
+    assert seed.objective_config() == get_preset("seed").objective
+    own = TrainConfig(preset="seed", objective=ObjectiveConfig(lambda_div=0.0))
+    assert own.objective_config().lambda_div == 0.0
+    assert own.model_config() == get_preset("seed").model
 
 
 @pytest.mark.parametrize("changes, match", [
@@ -35,6 +43,7 @@ def test_lambdas_default_to_the_model_and_can_be_overridden():
     ({"amp": "fp16"}, "amp"),
     ({"lr_schedule": "step"}, "lr_schedule"),
     ({"preset": "nonexistent"}, "unknown preset"),
+    ({"preset": "graph"}, "unknown preset"),  # research presets left the product
     ({"max_minutes": 0}, "max_minutes"),
 ])
 def test_bad_values_are_refused_with_the_field_named(changes, match):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_4dstem_autoencoder.inference.embedding import embed_dataset
+from napari_4dstem_autoencoder.inference.embedding import embed_and_score
 from napari_4dstem_autoencoder.training.checkpoints import load_checkpoint
 from napari_4dstem_autoencoder.training.engine import train
 from napari_4dstem_autoencoder.training.events import BatchEnd, Finished, Started
@@ -36,11 +36,15 @@ def test_cuda_embedding_matches_cpu(tiny_dataset, tiny_config, trained_run):
     done = trained_run.events[-1]
     loaded = load_checkpoint(done.checkpoint)
     ds = trained_run.dataset
-    cpu = embed_dataset(loaded.model, loaded.preprocessor, ds, device="cpu")
-    gpu32 = embed_dataset(loaded.model, loaded.preprocessor, ds, device="cuda", amp="off",
-                          channels_last=False)
+
+    def embed(**options):
+        return embed_and_score(loaded.model, loaded.preprocessor, ds, score=False,
+                               **options).embeddings
+
+    cpu = embed(device="cpu")
+    gpu32 = embed(device="cuda", amp="off", channels_last=False)
     scale = max(float(np.abs(cpu).max()), 1e-6)
     assert float(np.abs(gpu32 - cpu).max()) / scale < 1e-2  # cuDNN may use TF32
-    bf16 = embed_dataset(loaded.model, loaded.preprocessor, ds, device="cuda")
+    bf16 = embed(device="cuda")
     assert bf16.dtype == np.float32 and bf16.shape == cpu.shape
     assert float(np.abs(bf16 - cpu).max()) / scale < 0.1

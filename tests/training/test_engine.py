@@ -8,11 +8,13 @@ import pytest
 import torch
 
 from napari_4dstem_autoencoder.model.autoencoder import Autoencoder
+from napari_4dstem_autoencoder.objective import Objective
 from napari_4dstem_autoencoder.training.checkpoints import load_checkpoint
 from napari_4dstem_autoencoder.training.data import (CachedPatterns, StreamedPatterns,
                                                      fit_preprocessor_on, preview_grid,
                                                      reference_positions, split_positions)
 from napari_4dstem_autoencoder.training.engine import train
+from napari_4dstem_autoencoder.training.presets import get_preset
 from napari_4dstem_autoencoder.training.events import (BatchEnd, CheckpointSaved, EpochEnd,
                                                        Failed, Finished, Preview, Started)
 
@@ -35,8 +37,9 @@ def test_event_sequence_of_a_run(trained_run):
     assert started.scan_shape == (3, 3) and started.cached
     batches = of(ev, BatchEnd)
     assert [b.global_step for b in batches] == [1, 2]
-    assert set(batches[0].losses) == {"total", "mse", "l1", "contrastive", "divergence",
-                                      "balance", "correlation", "graph"}
+    # the objective's names, announced at the start (the loss plot draws these curves)
+    assert started.loss_names == ("total", "mse", "l1", "contrastive", "divergence")
+    assert tuple(batches[0].losses) == started.loss_names
     assert all(b.patterns_per_second > 0 for b in batches)
     (epoch,) = of(ev, EpochEnd)
     assert epoch.val and epoch.train["mse"] > 0 and epoch.lr == pytest.approx(trained_run.config.lr)
@@ -91,7 +94,7 @@ def test_time_budget_and_pre_set_stop_end_before_any_step(tiny_dataset, tiny_con
 def test_non_finite_loss_fails_and_keeps_the_last_good_checkpoint(
         tiny_dataset, tiny_config, tmp_path, monkeypatch):
     path = tmp_path / "m.safetensors"
-    real = Autoencoder.compute_loss
+    real = Objective.__call__
     calls = {"n": 0}
 
     def poisoned(self, *args, **kwargs):
@@ -102,7 +105,7 @@ def test_non_finite_loss_fails_and_keeps_the_last_good_checkpoint(
             losses["total"] = losses["total"] * float("nan")
         return losses
 
-    monkeypatch.setattr(Autoencoder, "compute_loss", poisoned)
+    monkeypatch.setattr(Objective, "__call__", poisoned)
     events = []
     for event in train(tiny_dataset(), tiny_config(epochs=2, val_fraction=0.25,
                                                    checkpoint_path=str(path))):
@@ -218,10 +221,8 @@ def test_the_run_ends_with_batchnorm_statistics_of_its_final_weights(tiny_datase
                for a, b in zip(bns(finished.model), bns(off.model)))
 
 
-def test_prior_preset_starts_from_the_training_mean_pattern(tiny_dataset, tiny_config):
-    from napari_4dstem_autoencoder.model.config import get_preset
-
-    config = tiny_config(model=get_preset("prior"), epochs=1, preview_max_positions=0)
+def test_continuous_preset_starts_from_the_training_mean_pattern(tiny_dataset, tiny_config):
+    config = tiny_config(preset="continuous", model=None, epochs=1, preview_max_positions=0)
     ds = tiny_dataset()
     gen = train(ds, config)
     assert isinstance(next(gen), Started)
@@ -238,7 +239,6 @@ def test_a_streamed_run_reads_its_reference_patterns_once(tiny_dataset, tiny_con
     # the preprocessing statistics and the prior are fitted on the same raw patterns: a
     # streamed (large, maybe slow) file is read for them once, not twice
     from napari_4dstem_autoencoder.data.dataset import Dataset4D
-    from napari_4dstem_autoencoder.model.config import get_preset
 
     reads = []
     real_patterns = Dataset4D.patterns
@@ -249,7 +249,7 @@ def test_a_streamed_run_reads_its_reference_patterns_once(tiny_dataset, tiny_con
         return real_patterns(self, idx)
 
     monkeypatch.setattr(Dataset4D, "patterns", recording)
-    config = tiny_config(model=get_preset("prior"), epochs=1, preview_max_positions=0,
+    config = tiny_config(preset="regions", model=None, epochs=1, preview_max_positions=0,
                          cache_max_mb=0)
     dataset = tiny_dataset()
     gen = train(dataset, config)
@@ -282,62 +282,6 @@ def test_cached_and_streamed_data_give_the_same_reference_patterns(tiny_dataset)
     torch.testing.assert_close(cached, streamed)
 
 
-def test_balanced_preset_fits_its_loss_on_training_patterns_and_checkpoints_it(
-        tiny_dataset, tiny_config, tmp_path):
-    from napari_4dstem_autoencoder.model.balance import principal_directions
-    from napari_4dstem_autoencoder.model.config import get_preset
-
-    path = tmp_path / "balanced.safetensors"
-    config = tiny_config(model=get_preset("balanced"), epochs=1, preview_max_positions=0,
-                         val_fraction=0.0, checkpoint_path=str(path))
-    ds = tiny_dataset(scan_shape=(4, 4))
-    gen = train(ds, config)
-    assert isinstance(next(gen), Started)
-    model = gen.gi_frame.f_locals["model"]
-    patterns = gen.gi_frame.f_locals["train_ds"].data[:, 0]
-    basis, variance = principal_directions(patterns, 0.01, 8)
-    k = basis.shape[0]
-    assert k >= 1
-    # the same directions (up to sign) and gains as a PCA of the training patterns
-    overlap = (model.balance.basis[:k] @ basis.T).abs()
-    torch.testing.assert_close(overlap.diagonal(), torch.ones(k, dtype=overlap.dtype),
-                               atol=1e-3, rtol=0)
-    expected_gain = (variance[0] / variance).clamp(max=100.0).float()
-    torch.testing.assert_close(model.balance.gains[:k], expected_gain, rtol=1e-4, atol=1e-4)
-    events = list(gen)
-    assert isinstance(events[-1], Finished)
-    assert all(b.losses["balance"] >= 0 for b in of(events, BatchEnd))
-    assert any(b.losses["correlation"] > 0 for b in of(events, BatchEnd))
-    loaded = load_checkpoint(path).model
-    assert loaded.config.name == "balanced"
-    torch.testing.assert_close(loaded.balance.basis, model.balance.basis.cpu())
-    torch.testing.assert_close(loaded.balance.extra_weight, model.balance.extra_weight.cpu())
-
-
-def test_levelled_preset_fits_its_level_prior_on_training_patterns_and_checkpoints_it(
-        tiny_dataset, tiny_config, tmp_path):
-    from napari_4dstem_autoencoder.model.config import get_preset
-
-    path = tmp_path / "levelled.safetensors"
-    config = tiny_config(model=get_preset("levelled"), epochs=1, preview_max_positions=0,
-                         val_fraction=0.0, checkpoint_path=str(path))
-    gen = train(tiny_dataset(scan_shape=(4, 4)), config)
-    assert isinstance(next(gen), Started)
-    model = gen.gi_frame.f_locals["model"]
-    patterns = gen.gi_frame.f_locals["train_ds"].data[:, 0].double().numpy()
-    # every pixel's least-squares slope on the pattern's mean value (numpy's line fit)
-    level = patterns.mean(axis=(1, 2))
-    slope = np.polyfit(level, patterns.reshape(len(level), -1), 1)[0].reshape(patterns.shape[1:])
-    assert np.abs(slope).max() > 0.1  # the tiny patterns do differ in level
-    np.testing.assert_allclose(model.decoder.level_slope[0, 0].numpy(), slope, atol=1e-4)
-    assert float(model.decoder.level_mean) == pytest.approx(level.mean(), abs=1e-6)
-    assert isinstance(list(gen)[-1], Finished)
-    loaded = load_checkpoint(path).model
-    assert loaded.config.output_prior == "mean_and_level"
-    torch.testing.assert_close(loaded.decoder.level_slope, model.decoder.level_slope.cpu())
-    torch.testing.assert_close(loaded.decoder.level_mean, model.decoder.level_mean.cpu())
-
-
 def test_previews_recalibrate_the_encoder_alone(tiny_dataset, tiny_config):
     config = tiny_config(batch_size=2, preview_every_steps=1, preview_max_positions=16)
     gen = train(tiny_dataset(), config)
@@ -355,51 +299,57 @@ def test_previews_recalibrate_the_encoder_alone(tiny_dataset, tiny_config):
 
 
 @pytest.mark.parametrize("cache_max_mb", [0, 64], ids=["streamed", "cached"])
-def test_graph_preset_fits_its_teacher_on_the_reference_patterns_and_again_on_resume(
-        tiny_dataset, tiny_config, tmp_path, cache_max_mb):
-    from napari_4dstem_autoencoder.model.config import get_preset
-    from napari_4dstem_autoencoder.objective.graph_teacher import procrustes_mismatch
+def test_graph_teacher_is_fitted_on_the_reference_patterns_saved_and_restored_on_resume(
+        tiny_dataset, tiny_config, tmp_path, cache_max_mb, monkeypatch):
+    from napari_4dstem_autoencoder.data.dataset import Dataset4D
+    from napari_4dstem_autoencoder.objective.graph_teacher import DiffusionTeacher
 
     path = tmp_path / "graph.safetensors"
     # 5 neighbours among 36 patterns of two kinds: two clouds, so the graph has a slow mode
-    model = get_preset("graph").replace(graph_neighbours=5)
-    config = tiny_config(model=model, epochs=1, batch_size=12, preview_max_positions=0,
+    objective = get_preset("regions").objective.replace(graph_neighbours=5)
+    config = tiny_config(objective=objective, epochs=1, batch_size=12, preview_max_positions=0,
                          val_fraction=0.0, checkpoint_path=str(path), cache_max_mb=cache_max_mb)
     ds = tiny_dataset(scan_shape=(6, 6))
     gen = train(ds, config)
     started = next(gen)
-    assert started.cached == bool(cache_max_mb)
-    teacher = gen.gi_frame.f_locals["teacher"]
-    assert teacher.has_structure
+    assert started.cached == bool(cache_max_mb) and started.loss_names[-1] == "graph"
+    teacher = gen.gi_frame.f_locals["objective"].teacher
+    assert teacher is not None and teacher.has_structure
     train_ds = gen.gi_frame.f_locals["train_ds"]
     # all 36 training patterns (fewer than 1,024) are the teacher's references, in order
     patterns = torch.stack(train_ds.__getitems__(list(range(len(train_ds)))))
     torch.testing.assert_close(teacher.reference, patterns.reshape(len(patterns), -1))
     events = list(gen)
-    assert isinstance(events[-1], Finished)
+    assert isinstance(events[-1], Finished) and events[-1].objective.teacher is teacher
     for b in of(events, BatchEnd):
         assert 0 < b.losses["graph"] < 2
         # the weight (1.0) enters the total; the other terms are small here
         others = b.losses["total"] - b.losses["mse"] - b.losses["graph"]
         assert 0 <= others < 0.01
-    assert load_checkpoint(path).model.config.graph_weight == 1.0
+    saved = load_checkpoint(path).objective
+    assert saved.config == objective and saved.fitted
+    torch.testing.assert_close(saved.teacher.coords, teacher.coords)
 
+    # resuming restores the saved teacher: no second fit, no second read of the file
+    fits, reads = [], []
+    monkeypatch.setattr(DiffusionTeacher, "fit", classmethod(lambda *a, **k: fits.append(1)))
+    real_patterns = Dataset4D.patterns
+    monkeypatch.setattr(Dataset4D, "patterns",
+                        lambda self, idx: reads.append(1) or real_patterns(self, idx))
     resumed = train(ds, config.replace(epochs=2), resume_from=path)
     assert isinstance(next(resumed), Started)
-    again = resumed.gi_frame.f_locals["teacher"]
-    # fitted again, to the same geometry (the loss compares geometries, not bases)
-    assert again.has_structure
-    assert float(procrustes_mismatch(again.coords, teacher.coords)) < 1e-6
+    again = resumed.gi_frame.f_locals["objective"].teacher
+    torch.testing.assert_close(again.coords, teacher.coords)
+    torch.testing.assert_close(again.reference, teacher.reference)
     rest = list(resumed)
     assert isinstance(rest[-1], Finished) and rest[-1].reason == "completed"
     assert all(0 < b.losses["graph"] < 2 for b in of(rest, BatchEnd))
+    assert fits == [] and (cache_max_mb or reads)  # a streamed run reads its batches
 
 
 def test_graph_preset_skips_a_teacher_without_structure(tiny_dataset, tiny_config, caplog):
-    from napari_4dstem_autoencoder.model.config import get_preset
-
     # 9 patterns, each the other 8's neighbour (15 asked): the graph is complete, no slow mode
-    config = tiny_config(model=get_preset("graph"), epochs=1, preview_max_positions=0)
+    config = tiny_config(preset="regions", model=None, epochs=1, preview_max_positions=0)
     with caplog.at_level("WARNING"):
         events = list(train(tiny_dataset(), config))
     assert isinstance(events[-1], Finished)
@@ -407,19 +357,33 @@ def test_graph_preset_skips_a_teacher_without_structure(tiny_dataset, tiny_confi
     assert all(b.losses["graph"] == 0.0 for b in of(events, BatchEnd))
 
 
-def test_presets_without_a_graph_teacher_report_its_term_as_zero(trained_run):
+def test_presets_without_a_graph_teacher_report_no_graph_term(trained_run):
     batches = of(trained_run.events, BatchEnd)
-    assert batches and all(b.losses["graph"] == 0.0 for b in batches)
+    assert batches and all("graph" not in b.losses for b in batches)
 
 
 def test_graph_preset_on_two_patterns_trains_without_its_teacher(tiny_dataset, tiny_config,
                                                                   caplog):
-    from napari_4dstem_autoencoder.model.config import get_preset
-
-    config = tiny_config(model=get_preset("graph"), epochs=1, batch_size=2,
+    config = tiny_config(preset="regions", model=None, epochs=1, batch_size=2,
                          preview_max_positions=0, val_fraction=0.0)
     with caplog.at_level("WARNING"):
         events = list(train(tiny_dataset(scan_shape=(1, 2)), config))
     assert isinstance(events[-1], Finished)
     assert "graph teacher skipped: 2 training patterns" in caplog.text
     assert all(b.losses["graph"] == 0.0 for b in of(events, BatchEnd))
+
+
+def test_finished_describes_the_trained_model_as_its_checkpoint_does(trained_run):
+    """The GUI uses ``Finished.trained`` instead of reading the checkpoint back: both must
+    describe the same model, preprocessing, objective and history."""
+    done = trained_run.events[-1]
+    trained, loaded = done.trained, load_checkpoint(done.checkpoint)
+    assert trained.model is done.model and trained.objective is done.objective
+    assert str(trained.path) == done.checkpoint
+    assert (trained.epoch, trained.global_step, trained.input_shape) == (
+        loaded.epoch, loaded.global_step, loaded.input_shape)
+    file_only = {"format", "format_version", "created", "optimizer", "scheduler", "sha256"}
+    assert trained.metadata == {k: v for k, v in loaded.metadata.items() if k not in file_only}
+    assert trained.train_config == loaded.train_config == trained_run.config
+    x = torch.rand(2, 1, 32, 32)
+    torch.testing.assert_close(trained.model.embed(x), loaded.model.embed(x))

@@ -54,6 +54,26 @@ class PreprocessConfig:
                     raise ValueError(f"{name} must be (y0, y1, x0, x1) with y0 < y1 and x0 < x1")
                 object.__setattr__(self, name, tuple(int(v) for v in box))
 
+    def scan_grid(self, scan_shape: tuple[int, int]
+                  ) -> tuple[tuple[int, int], int, tuple[int, int]]:
+        """Where the scan grid the model sees lies on a scan of ``scan_shape``: ``(origin,
+        factor, shape)``, the crop's first position (row, column), the bin factor and the
+        binned grid's shape.
+
+        The one rule :meth:`Preprocessor.scan_view` applies: crop, then bin, the trailing rows
+        and columns that do not fill a bin dropped. A crop that runs past the scan, or a bin
+        that leaves no position, raises ValueError (nothing is clipped silently).
+        """
+        ry, rx = (int(n) for n in scan_shape)
+        sy, sx = _crop_box((ry, rx), self.scan_crop, "scan")
+        y0, y1, _ = sy.indices(ry)
+        x0, x1, _ = sx.indices(rx)
+        f = int(self.scan_bin)
+        ny, nx = (y1 - y0) // f, (x1 - x0) // f
+        if ny < 1 or nx < 1:
+            raise ValueError(f"scan binning by {f} leaves no positions of {(y1 - y0, x1 - x0)}")
+        return (y0, x0), f, (ny, nx)
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -151,22 +171,21 @@ class Preprocessor:
 
     # -- scan side (lazy) ----------------------------------------------------------------
     def scan_view(self, dataset: Dataset4D) -> Dataset4D:
-        """The dataset after scan cropping and binning (lazy, the file's dtype kept when unbinned)."""
+        """The dataset after scan cropping and binning (lazy, the file's dtype kept when unbinned).
+
+        Its grid is :meth:`PreprocessConfig.scan_grid` of the dataset's scan shape.
+        """
         cfg = self.config
-        data = dataset.data
-        sy, sx = _crop_box(dataset.scan_shape, cfg.scan_crop, "scan")
-        data = data[sy, sx]
-        labels = dataset.labels[sy, sx] if dataset.labels is not None else None
-        calib = dataset.calibration
-        if cfg.scan_bin > 1:
-            f = cfg.scan_bin
-            ny, nx = data.shape[0] // f, data.shape[1] // f
-            if ny < 1 or nx < 1:
-                raise ValueError(f"scan binning by {f} leaves no positions of {data.shape[:2]}")
-            data = data[: ny * f, : nx * f].astype(np.float32)
-            data = data.reshape(ny, f, nx, f, *data.shape[2:]).mean(axis=(1, 3))
+        (y0, x0), f, (ny, nx) = cfg.scan_grid(dataset.scan_shape)
+        data, labels, calib = dataset.data, dataset.labels, dataset.calibration
+        if cfg.scan_crop is not None or f > 1:
+            window = (slice(y0, y0 + ny * f), slice(x0, x0 + nx * f))
+            data = data[window]
+            labels = labels[window] if labels is not None else None
+        if f > 1:
+            data = data.astype(np.float32).reshape(ny, f, nx, f, *data.shape[2:]).mean(axis=(1, 3))
             if labels is not None:
-                labels = labels[: ny * f : f, : nx * f : f]
+                labels = labels[::f, ::f]
             calib = dataclasses.replace(
                 calib, scan_step=(calib.scan_step[0] * f, calib.scan_step[1] * f))
         if data is dataset.data:

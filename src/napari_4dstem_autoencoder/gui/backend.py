@@ -1,5 +1,11 @@
 """The widgets' one doorway to the engine, io and analysis layers (no Qt here).
 
+No other module of ``gui/`` imports the core at run time, apart from the napari hooks
+(:mod:`.hooks`, napari's own doorway to the readers) and the Train dock's dispatch on the
+engine's event types (``training.events``): those dataclasses are the protocol of the generator
+:func:`train` hands out, not functions of the core. Widgets do call methods of the objects
+these functions return (``preprocessor.scan_view``, ``transform_patterns``).
+
 Everything heavy (torch, the training engine, scikit-learn) is imported inside the functions so
 that importing the plugin, or opening napari, stays fast. Functions here run in worker threads
 as well as on the GUI thread, so they never touch widgets or layers.
@@ -29,21 +35,22 @@ def available_devices() -> list[str]:
     return devices
 
 
+def _device(name: str) -> "torch.device":
+    from ..training.device import resolve_device as _resolve
+
+    return _resolve(name)
+
+
 def resolve_device(device: str) -> str:
-    """``auto`` -> the best device present; anything else is returned unchanged."""
-    if device != "auto":
-        return device
-    devices = available_devices()
-    for d in devices:
-        if d.startswith("cuda"):
-            return d
-    return "mps" if "mps" in devices else "cpu"
+    """``auto`` -> the best device present, other names checked (the engine's own rule)."""
+    return str(_device(device))
 
 
-def preset_names() -> tuple[list[str], str]:
-    from ..model.config import DEFAULT_PRESET, PRESETS
+def presets() -> tuple[dict[str, Any], str]:
+    """The presets by name (each with its ``summary`` and ``objective``) and the default's name."""
+    from ..training.presets import DEFAULT_PRESET, PRESETS
 
-    return list(PRESETS), DEFAULT_PRESET
+    return dict(PRESETS), DEFAULT_PRESET
 
 
 def default_learning_rate() -> float:
@@ -52,12 +59,16 @@ def default_learning_rate() -> float:
     return TrainConfig.lr
 
 
-def make_train_config(**values: Any) -> Any:
-    """A frozen TrainConfig from widget values; keys the engine does not know are dropped."""
+def make_train_config(preset: str, loss_weights: dict[str, float | None] | None = None,
+                      **values: Any) -> Any:
+    """A frozen TrainConfig from widget values: ``loss_weights`` (``None``: the preset's) go
+    into the preset's objective; keys the engine does not know are dropped."""
     from ..training.config import TrainConfig
+    from ..training.presets import objective_with
 
     known = {f.name for f in dataclasses.fields(TrainConfig)}
-    return TrainConfig(**{k: v for k, v in values.items() if k in known})
+    return TrainConfig(preset=preset, objective=objective_with(preset, **(loss_weights or {})),
+                       **{k: v for k, v in values.items() if k in known})
 
 
 def train(dataset: Any, config: Any, stop: threading.Event, resume_from: Any = None):
@@ -70,14 +81,7 @@ def train(dataset: Any, config: Any, stop: threading.Event, resume_from: Any = N
 def load_checkpoint(path: str, device: str = "cpu") -> Any:
     from ..training.checkpoints import load_checkpoint as _load
 
-    return _load(path, device=resolve_device(device))
-
-
-def save_checkpoint(path: str, loaded: Any) -> None:
-    """Write ``loaded`` (a LoadedModel) to ``path`` (atomic, safetensors + JSON)."""
-    from ..training.checkpoints import save_checkpoint as _save
-
-    _save(path, loaded.model, loaded.preprocessor, loaded.train_config, loaded.history)
+    return _load(path, device=_device(device))
 
 
 def embed_and_score(loaded: Any, dataset: Any, device: str, progress: Progress | None = None,
@@ -90,7 +94,7 @@ def embed_and_score(loaded: Any, dataset: Any, device: str, progress: Progress |
 
     try:
         result = _embed(loaded.model, loaded.preprocessor, dataset, batch_size=batch_size,
-                        device=resolve_device(device), progress=progress, stop=stop)
+                        device=_device(device), progress=progress, stop=stop)
     except EmbeddingCancelled:
         return None
     return result.embeddings, {"mse": result.mse, "psnr": result.psnr}
@@ -100,55 +104,38 @@ def reconstruct_one(loaded: Any, raw: np.ndarray, device: str) -> tuple[np.ndarr
     """(input, reconstruction) of one raw pattern, both in the model's [0, 1] space."""
     from ..inference.embedding import reconstruct
 
-    inputs, recon = reconstruct(loaded.model, loaded.preprocessor, raw, resolve_device(device))
+    inputs, recon = reconstruct(loaded.model, loaded.preprocessor, raw, _device(device))
     shape = np.shape(recon)[-2:]
     return (np.asarray(inputs, dtype=np.float32).reshape(shape),
             np.asarray(recon, dtype=np.float32).reshape(shape))
 
 
-def decode_latent(loaded: Any, z: np.ndarray, out_shape: tuple[int, int], device: str,
-                  level: float | None = None) -> np.ndarray:
-    """Decode one 32-D latent vector into a pattern in [0, 1] (for the traversal sliders).
-
-    ``level``: the pattern level a ``levelled`` model's decoder is given (see
-    :func:`pattern_level`); without it such a model decodes at its training data's mean level.
-    """
+def decode_latent(loaded: Any, z: np.ndarray, out_shape: tuple[int, int]) -> np.ndarray:
+    """Decode one 32-D latent vector into a pattern in [0, 1] (for the traversal sliders)."""
     import torch
 
     model = loaded.model
     dev = next(model.parameters()).device
     with torch.no_grad():
         t = torch.as_tensor(np.asarray(z, dtype=np.float32)[None], device=dev)
-        lv = None if level is None else torch.tensor([float(level)], device=dev)
-        out = model.decode(t, tuple(out_shape), level=lv)
+        out = model.decode(t, tuple(out_shape))
     return out[0, 0].float().cpu().numpy()
 
 
-def pattern_level(loaded: Any, dataset: Any, grid: tuple[int, int]) -> float | None:
-    """Level (mean preprocessed value) of the pattern at ``grid`` of the model's scan view,
-    for a model whose decoder is given it; ``None`` for any other model."""
-    import torch
-
-    model = loaded.model
-    if not model.uses_level:  # checked first: no read for other models
-        return None
-    prep = loaded.preprocessor
-    x = prep.transform_patterns(np.asarray(prep.scan_view(dataset).pattern(*grid))[None])
-    # the model's own definition of the level, as encode_decode applies it
-    return float(model.level_of(torch.as_tensor(np.asarray(x, dtype=np.float32))[:, None])[0])
-
-
 def pattern_quality(inputs: np.ndarray, recon: np.ndarray) -> tuple[float, float]:
-    """PSNR (dB) and SSIM of one reconstruction, both arrays in [0, 1]."""
-    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+    """PSNR (dB, ``inf`` when exact) and SSIM (7x7 window) of one reconstruction, both arrays
+    in [0, 1]: the project's one quality measure (``analysis.quality``). Model inputs are at
+    least 32x32 pixels, so the window always fits."""
+    from ..analysis.quality import reconstruction_quality
 
-    a = np.asarray(inputs, dtype=np.float64)
-    b = np.asarray(recon, dtype=np.float64)
-    mse = float(np.mean((a - b) ** 2))
-    psnr = float("inf") if mse == 0 else float(peak_signal_noise_ratio(a, b, data_range=1.0))
-    win = min(7, min(a.shape) // 2 * 2 - 1)
-    ssim = float(structural_similarity(a, b, data_range=1.0, win_size=max(win, 3)))
-    return psnr, ssim
+    return reconstruction_quality(inputs, recon, data_range=1.0)
+
+
+def live_dimensions(embeddings: np.ndarray) -> int:
+    """How many latent dimensions vary over the scan (dead units do not count)."""
+    from ..analysis.quality import live_dimensions as _live
+
+    return _live(embeddings)
 
 
 def cluster(embeddings: np.ndarray, n_clusters: int, method: str, seed: int = 0, *,
@@ -166,6 +153,24 @@ def pca_scores(view: Any, preprocessor: Any, n_components: int,
     from ..analysis.clustering import pca_scores as scores
 
     return scores(view, n_components, preprocessor=preprocessor, on_block=on_block)
+
+
+def class_means(view: Any, labels: np.ndarray, n_clusters: int, preprocessor: Any) -> np.ndarray:
+    """Mean (preprocessed) pattern of each cluster of ``labels`` over ``view``."""
+    from ..analysis.clustering import class_mean_patterns
+
+    return class_mean_patterns(view, labels, n_clusters=n_clusters, preprocessor=preprocessor)
+
+
+def pca_scores_and_class_means(view: Any, preprocessor: Any, n_components: int,
+                               labels: np.ndarray, n_clusters: int
+                               ) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray]:
+    """:func:`pca_scores` and :func:`class_means` from ONE read of the scan."""
+    from ..analysis.clustering import ClassMeans
+
+    means = ClassMeans(labels, n_clusters)
+    pca = pca_scores(view, preprocessor, n_components, on_block=means.add)
+    return pca, means.result()
 
 
 def compare_with_pca(labels: np.ndarray, pca: tuple[np.ndarray, np.ndarray], n_clusters: int,
@@ -201,7 +206,8 @@ def export(path: str, state: Any, labels: np.ndarray | None = None,
     export_hdf5(path, state.embeddings, state.error_maps or {},
                 loaded.model.config.to_dict() if loaded is not None else None,
                 loaded.preprocessor.to_dict() if loaded is not None else None, extra,
-                metadata={"dataset": state.dataset.name if state.dataset is not None else ""})
+                metadata={"dataset": state.dataset.name if state.dataset is not None else "",
+                          "preset": loaded.preset if loaded is not None else None})
 
 
 def virtual_images(dataset: Any, bf_radius: float, adf_inner: float, adf_outer: float,
@@ -220,16 +226,39 @@ def virtual_images(dataset: Any, bf_radius: float, adf_inner: float, adf_outer: 
     return out["bf"].astype(np.float32), out["adf"].astype(np.float32)
 
 
-def beam_estimate(dataset: Any) -> tuple[tuple[float, float], float, tuple[float, float]]:
-    """(centre (y, x), radius) of the direct beam and default ADF (inner, outer) radii."""
+def beam_estimate(dataset: Any, beam: Any = None
+                  ) -> tuple[tuple[float, float], float, tuple[float, float]]:
+    """(centre (y, x), radius) of the direct beam and default ADF (inner, outer) radii.
+
+    ``beam``: an estimate already made (the reader's, a ``BeamEstimate``); without it the beam
+    is estimated, which reads a few hundred patterns.
+    """
     from ..data import virtual
 
-    beam = virtual.estimate_beam(dataset)
+    if beam is None:
+        beam = virtual.estimate_beam(dataset)
     inner, outer = virtual.default_adf_radii(beam, tuple(dataset.detector_shape))
     return (float(beam.centre[0]), float(beam.centre[1])), float(beam.radius), (float(inner), float(outer))
 
 
-def open_sample_dataset(**kwargs: Any) -> Any:
-    from ..data.sample import make_sample_dataset
+# -- preprocessing -------------------------------------------------------------------------
 
-    return make_sample_dataset(**kwargs)
+def preprocess_config(**values: Any) -> Any:
+    """A PreprocessConfig (defaults for what is not given; ValueError on a bad value)."""
+    from ..data.preprocess import PreprocessConfig
+
+    return PreprocessConfig(**values)
+
+
+def preprocessor(config: Any) -> Any:
+    """An unfitted Preprocessor of ``config``: its scan view and output shape need no fit."""
+    from ..data.preprocess import Preprocessor
+
+    return Preprocessor(config)
+
+
+def fit_preprocessor(dataset: Any, config: Any, max_patterns: int) -> Any:
+    """A Preprocessor of ``config`` fitted on up to ``max_patterns`` positions of ``dataset``."""
+    from ..data.preprocess import Preprocessor
+
+    return Preprocessor.fit(dataset, config, max_patterns=max_patterns)

@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from .state import DATASET_KEY, REALSPACE_KEY, StemState, get_state, unwrap_viewer
+from .keys import REALSPACE_KEY
+from .state import ScanGeometry, StemState, dataset_layers, get_state, layer_dataset, unwrap_viewer
 
 PROBE_LAYER = "probe position"
 EMBEDDINGS_LAYER = "AE embeddings"
@@ -134,14 +135,15 @@ def robust_limits(data: np.ndarray) -> tuple[float, float]:
 
 
 def show_embeddings(viewer: Any, state: StemState, embeddings: np.ndarray | None,
-                    positions_step: int = 1) -> Any:
-    """The embeddings (Ry', Rx', D) as ONE image layer (D, Ry', Rx') on the model grid.
+                    positions_step: int = 1, geometry: ScanGeometry | None = None) -> Any:
+    """The one writer of the embeddings layer: (Ry', Rx', D) as ONE image layer (D, Ry', Rx').
 
-    ``positions_step`` > 1 is a training preview on every n-th position of that grid.
+    Connected to the state (:func:`install`): its embeddings on their grid, and a training
+    run's previews (``positions_step`` > 1: every n-th position of ``geometry``, the run's grid).
     """
     if viewer is None or embeddings is None or state.dataset is None:
         return None
-    geo = state.embedding_geometry or state.model_geometry()
+    geo = geometry or state.embedding_geometry or state.model_geometry()
     stack = np.ascontiguousarray(np.moveaxis(np.asarray(embeddings, dtype=np.float32), -1, 0))
     scale = (1.0, geo.scale[0] * positions_step, geo.scale[1] * positions_step)
     new = EMBEDDINGS_LAYER not in viewer.layers
@@ -198,11 +200,13 @@ def install(viewer: Any) -> StemState:
     # the state holds its viewer weakly: so do these slots (no viewer kept alive by them)
     state.position_changed.connect(lambda *_: _update_probe(state.viewer, state))
     state.embeddings_changed.connect(lambda emb: show_embeddings(state.viewer, state, emb))
+    state.preview_changed.connect(
+        lambda emb, step, geo: show_embeddings(state.viewer, state, emb, step, geo))
     state.error_maps_changed.connect(lambda maps: show_error_map(state.viewer, state, maps))
 
     def inserted(event: Any) -> None:
         layer = event.value
-        if layer.metadata.get(DATASET_KEY) is not None or layer.metadata.get(REALSPACE_KEY):
+        if layer_dataset(layer) is not None or layer.metadata.get(REALSPACE_KEY):
             bind_arrow_keys(layer, state)
         layers = event.source
         if layer.name != PROBE_LAYER and PROBE_LAYER in layers:
@@ -211,9 +215,8 @@ def install(viewer: Any) -> StemState:
 
     viewer.layers.events.inserted.connect(inserted)
     viewer.dims.events.point.connect(lambda *_: _channel_contrast(state))
-    for layer in viewer.layers:
-        if layer.metadata.get(DATASET_KEY) is not None:
-            bind_arrow_keys(layer, state)
+    for layer in dataset_layers(viewer):
+        bind_arrow_keys(layer, state)
     return state
 
 
@@ -221,8 +224,6 @@ def adopt_first_dataset(viewer: Any, state: StemState) -> None:
     """Make the first layer that carries a dataset the current one (when none is chosen)."""
     if state.dataset is not None:
         return
-    for layer in unwrap_viewer(viewer).layers:
-        ds = layer.metadata.get(DATASET_KEY)
-        if ds is not None:
-            state.set_dataset(ds, layer.name)
-            return
+    layers = dataset_layers(viewer)
+    if layers:
+        state.set_dataset(layer_dataset(layers[0]), layers[0].name)

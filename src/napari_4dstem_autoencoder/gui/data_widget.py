@@ -29,11 +29,11 @@ from qtpy.QtWidgets import (
 
 from . import backend
 from .canvas import install, upsert_image
-from .state import DATASET_KEY, unwrap_viewer
+from .keys import BEAM_KEY, DATASET_KEY, PLUGIN
+from .state import ScanGeometry, dataset_beam, dataset_layers, layer_dataset, unwrap_viewer
 from .views import PatternPanels, log_display
 from .workers import LatestOnly, ProgressRelay, start_function
 
-PLUGIN = "napari-4dstem-autoencoder"
 PREVIEW_FIT_PATTERNS = 64
 
 
@@ -74,6 +74,7 @@ class DataWidget(QWidget):
         self.preview_processed: np.ndarray | None = None
         self._fit_cache: dict[Any, Any] = {}
         self._vworker: Any = None
+        self._dataset_shown: Any = None
 
         layout = QVBoxLayout(self)
         # -- dataset ----------------------------------------------------------------
@@ -172,12 +173,13 @@ class DataWidget(QWidget):
         self.state.dataset_changed.connect(self._on_dataset)
         self.state.position_changed.connect(self._request_preview)
         self._refresh_datasets()
+        if self.state.dataset is not self._dataset_shown:  # chosen before this dock opened
+            self._on_dataset(self.state.dataset)
         self._on_config()
 
     # -- dataset --------------------------------------------------------------------------
     def _refresh_datasets(self, *_: Any) -> None:
-        names = [layer.name for layer in self.viewer.layers
-                 if layer.metadata.get(DATASET_KEY) is not None]
+        names = [layer.name for layer in dataset_layers(self.viewer)]
         self.dataset_combo.blockSignals(True)
         self.dataset_combo.clear()
         self.dataset_combo.addItems(names)
@@ -192,11 +194,12 @@ class DataWidget(QWidget):
     def _on_combo(self, *_: Any) -> None:
         name = self.dataset_combo.currentText()
         if name and name in self.viewer.layers:
-            ds = self.viewer.layers[name].metadata.get(DATASET_KEY)
+            ds = layer_dataset(self.viewer.layers[name])
             if ds is not None:
                 self.state.set_dataset(ds, name)
 
     def _on_dataset(self, dataset: Any) -> None:
+        self._dataset_shown = dataset
         if dataset is None:
             self.info_label.setText("no dataset: open a file or the sample")
             return
@@ -207,9 +210,13 @@ class DataWidget(QWidget):
             f"{dataset.detector_shape[1]}, {dataset.dtype}")
         if self.state.dataset_layer_name and self.dataset_combo.currentText() != self.state.dataset_layer_name:
             self.dataset_combo.setCurrentText(self.state.dataset_layer_name)
-        # the beam estimate reads a few hundred patterns: keep it off the GUI thread
-        start_function(backend.beam_estimate, dataset, what=f"Direct-beam estimate of {dataset.name}",
-                       on_result=lambda est, ds=dataset: self._apply_beam(ds, est), owner=self)
+        beam = dataset_beam(self.viewer, dataset)
+        if beam is not None:  # the reader's estimate: one estimate per dataset
+            self._apply_beam(dataset, backend.beam_estimate(dataset, beam))
+        else:  # estimating reads a few hundred patterns: keep it off the GUI thread
+            start_function(backend.beam_estimate, dataset,
+                           what=f"Direct-beam estimate of {dataset.name}",
+                           on_result=lambda est, ds=dataset: self._apply_beam(ds, est), owner=self)
         self._on_config()
 
     def _apply_beam(self, dataset: Any, estimate: tuple) -> None:
@@ -250,9 +257,7 @@ class DataWidget(QWidget):
     # -- preprocessing ------------------------------------------------------------------
     def preprocess_config(self) -> Any:
         """The PreprocessConfig the form describes (raises ValueError on a bad entry)."""
-        from ..data.preprocess import PreprocessConfig
-
-        return PreprocessConfig(
+        return backend.preprocess_config(
             scan_bin=self.scan_bin.value(), detector_bin=self.detector_bin.value(),
             scan_crop=parse_box(self.scan_crop.text(), "scan"),
             detector_crop=parse_box(self.detector_crop.text(), "detector"),
@@ -265,9 +270,7 @@ class DataWidget(QWidget):
             config = self.preprocess_config()
             ds = self.state.dataset
             if ds is not None:
-                from ..data.preprocess import Preprocessor
-
-                prep = Preprocessor(config)
+                prep = backend.preprocessor(config)
                 out = prep.output_shape(ds.detector_shape)
                 view = prep.scan_view(ds)
                 warn = "  ⚠ below the 32-pixel minimum" if min(out) < 32 else ""
@@ -291,19 +294,15 @@ class DataWidget(QWidget):
         self._previewer.submit(pos, ds, config, pos)
 
     def _fit_and_transform(self, dataset: Any, config: Any, pos: tuple[int, int]) -> Any:
-        from ..data.preprocess import Preprocessor
-
         key = (id(dataset), config)
         prep = self._fit_cache.get(key)
         if prep is None:
-            prep = Preprocessor.fit(dataset, config, max_patterns=PREVIEW_FIT_PATTERNS)
+            prep = backend.fit_preprocessor(dataset, config, PREVIEW_FIT_PATTERNS)
             self._fit_cache = {key: prep}  # one entry: previews follow the form
         raw = dataset.pattern(*pos)
-        geo_grid = prep.scan_view(dataset)
-        from .state import ScanGeometry
-
         grid = ScanGeometry.for_preprocess(dataset, config).to_grid(*pos)
-        processed = prep.transform_patterns(geo_grid.pattern(*grid)) if grid is not None else None
+        processed = (prep.transform_patterns(prep.scan_view(dataset).pattern(*grid))
+                     if grid is not None else None)
         return raw, processed
 
     def _show_preview(self, _key: Any, result: Any) -> None:
@@ -353,7 +352,12 @@ class DataWidget(QWidget):
         bf, adf = images
         step = tuple(dataset.calibration.scan_step)
         base = (self.state.dataset_layer_name or dataset.name).removesuffix(" virtual BF")
-        # the BF layer carries the dataset (it is the reader's navigator); ADF only shows it
-        upsert_image(self.viewer, f"{base} virtual BF", bf, scale=step,
-                     metadata={DATASET_KEY: dataset}, colormap="gray")
+        # the BF layer carries the dataset and its beam (it is the reader's navigator, and
+        # replaces it when that was strided); ADF only shows it
+        metadata = {DATASET_KEY: dataset}
+        beam = dataset_beam(self.viewer, dataset)
+        if beam is not None:
+            metadata[BEAM_KEY] = beam
+        upsert_image(self.viewer, f"{base} virtual BF", bf, scale=step, metadata=metadata,
+                     colormap="gray")
         upsert_image(self.viewer, f"{base} virtual ADF", adf, scale=step, colormap="gray")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any, Sequence
 
-PLUGIN = "napari-4dstem-autoencoder"
+from .keys import PLUGIN
+
 #: (display name in napari.yaml, dock area, tabify with the previous dock of that area)
 DOCKS: list[tuple[str, str, bool]] = [
     ("Data", "right", False),

@@ -1,8 +1,10 @@
 """npe2 reader and sample-data hooks. Imports neither napari nor Qt (they return layer tuples).
 
-Contract with the widgets: the navigator image layer carries the lazy dataset in
-``layer.metadata["stem4d_dataset"]`` (a :class:`Dataset4D`); sample data adds the ground truth
-in ``metadata["stem4d_labels"]``.
+Contract with the widgets (metadata keys in :mod:`.keys`): the navigator image layer carries
+the lazy dataset in ``layer.metadata[DATASET_KEY]`` (a :class:`Dataset4D`) and the direct-beam
+estimate its bright field was summed over in ``metadata[BEAM_KEY]`` (the Data dock starts from
+it rather than estimating again); sample data adds the ground truth in
+``metadata[LABELS_KEY]``.
 
 Multi-file datasets (Merlin .hdr + .mib, EMPAD .xml + .raw, Arina master + data files): napari
 calls the reader once per dropped file, so any file of a set opens the whole dataset (see
@@ -22,9 +24,7 @@ import numpy as np
 
 from ..data.dataset import Dataset4D
 from ..data.readers import SUFFIX_FORMATS
-
-DATASET_KEY = "stem4d_dataset"
-LABELS_KEY = "stem4d_labels"
+from .keys import BEAM_KEY, DATASET_KEY, LABELS_KEY, NAVIGATOR_STRIDE_KEY
 
 #: above this many bytes the reader computes the navigator on a strided scan grid so dropping
 #: a 100 GB file does not block the viewer for minutes (the widgets compute the full one)
@@ -121,9 +121,7 @@ def dataset_layers(dataset: Dataset4D, name: str | None = None) -> LayerData:
     kwargs: dict[str, Any] = {
         "name": f"{name or dataset.name} virtual BF",
         "scale": (step[0] * stride, step[1] * stride),
-        "metadata": {DATASET_KEY: dataset, "stem4d_navigator": "virtual_bf",
-                     "stem4d_beam": {"centre": beam.centre, "radius": beam.radius},
-                     "stem4d_navigator_stride": stride},
+        "metadata": {DATASET_KEY: dataset, BEAM_KEY: beam, NAVIGATOR_STRIDE_KEY: stride},
         "colormap": "gray",
     }
     if stride > 1:  # strided pixels sit at the centre of the block they stand for

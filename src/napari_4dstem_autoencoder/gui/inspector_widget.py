@@ -1,8 +1,9 @@
 """Inspector dock: raw | reconstruction | difference at the selected probe position.
 
-Reading one pattern is done at once on the GUI thread. The reconstruction (one encode + one
-decode) runs synchronously while it measures under ``SYNC_BUDGET_S``, otherwise in a worker
-that drops stale requests, so clicking or holding an arrow key never queues up work.
+Reading one pattern is done at once on the GUI thread. The reconstruction (one preprocessing
+pass, one encode + one decode; its preprocessed input is what the first panel shows) runs
+synchronously while it measures under ``SYNC_BUDGET_S``, otherwise in a worker that drops stale
+requests, so clicking or holding an arrow key never queues up work.
 """
 
 from __future__ import annotations
@@ -71,10 +72,16 @@ class InspectorWidget(QWidget):
 
     # -- reading -------------------------------------------------------------------------
     def _scan_view(self) -> Any:
-        """The dataset as the model sees it (scan crop/bin applied lazily); cached."""
+        """The dataset on the grid :meth:`StemState.grid_position` indexes (scan crop/bin of
+        the model, else of the Data dock, applied lazily); cached."""
         state = self.state
-        prep = state.model.preprocessor if state.model is not None else None
-        key = (id(state.dataset), id(prep))
+        if state.model is not None:
+            prep = state.model.preprocessor
+        else:
+            config = state.active_preprocess_config()
+            prep = backend.preprocessor(config) if config is not None else None
+        config = prep.config if prep is not None else None
+        key = (id(state.dataset), id(state.model), config)
         if self._view_cache is None or self._view_cache[0] != key:
             view = prep.scan_view(state.dataset) if prep is not None else state.dataset
             self._view_cache = (key, view, prep)
@@ -110,8 +117,7 @@ class InspectorWidget(QWidget):
             self.metrics_label.setText("load or train a model to see its reconstruction")
             self.updated.emit()
             return
-        self.input_image = loaded.preprocessor.transform_patterns(raw)
-        self.panels.set_image(0, self.input_image, (0.0, 1.0))
+        # the reconstruction preprocesses the pattern once and returns that input with it
         if self.last_decode_s is not None and self.last_decode_s < SYNC_BUDGET_S \
                 and not self._decoder.busy:
             self._show_reconstruction(grid, self._reconstruct(loaded, raw))

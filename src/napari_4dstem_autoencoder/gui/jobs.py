@@ -30,7 +30,7 @@ def load_model(state: StemState, path: str, *, on_loaded: Callable[[Any], None] 
     """Load a checkpoint in a worker, then make it the state's model."""
 
     def loaded(model: Any) -> None:
-        state.set_model(model, str(path))
+        state.set_model(model)
         _if_alive(on_loaded)(model)
 
     state.busy_changed.emit("load", True)

@@ -152,12 +152,10 @@ class LatentMapsWidget(QWidget):
         self._pca_cache = None  # a new model may preprocess differently
         if not has:
             return
-        from ..analysis.quality import live_dimensions
-
         ry, rx, d = embeddings.shape
         order = channels_by_variance(embeddings)
         self.info_label.setText(
-            f"{d} latent maps on {ry}×{rx} positions; {live_dimensions(embeddings)} carry "
+            f"{d} latent maps on {ry}×{rx} positions; {backend.live_dimensions(embeddings)} carry "
             f"variance. Most variable channels: {', '.join(map(str, order[:6]))}.")
         for spin, c in zip(self.channel_spins, order[:3]):
             spin.blockSignals(True)
@@ -209,8 +207,6 @@ class LatentMapsWidget(QWidget):
         cached = self._pca_cache[1] if self._pca_cache and self._pca_cache[0] == key else None
 
         def work() -> dict[str, Any]:
-            from ..analysis.clustering import ClassMeans, class_mean_patterns
-
             labels = backend.cluster(emb, k, method, standardise=standardise)
             if tuple(view.scan_shape) != labels.shape:
                 raise ValueError(f"the patterns give {tuple(view.scan_shape)} positions but the "
@@ -218,12 +214,11 @@ class LatentMapsWidget(QWidget):
             out: dict[str, Any] = {"labels": labels}
             if compare and cached is None:
                 # one read of the scan gives both the PCA scores and the class means
-                means = ClassMeans(labels, k)
-                pca = backend.pca_scores(view, prep, BASELINE_COMPONENTS, on_block=means.add)
-                out["means"] = means.result()
+                pca, out["means"] = backend.pca_scores_and_class_means(
+                    view, prep, BASELINE_COMPONENTS, labels, k)
             else:
                 pca = cached
-                out["means"] = class_mean_patterns(view, labels, n_clusters=k, preprocessor=prep)
+                out["means"] = backend.class_means(view, labels, k, prep)
             if compare:
                 out.update(backend.compare_with_pca(labels, pca, k, method, standardise))
                 out["pca"], out["key"] = pca, key

@@ -30,8 +30,8 @@ def describe_model(loaded: Any, dataset: Any = None) -> str:
     prep = loaded.preprocessor
     pc = prep.config
     lines = [
-        f"file: {Path(loaded.path).name}",
-        f"preset: {cfg.name}   parameters: {n_params:,}",
+        f"file: {loaded.path.name if loaded.path else 'not saved'}",
+        f"preset: {loaded.preset or 'not recorded'}   parameters: {n_params:,}",
         f"pooling: {cfg.pool_schedule}   decoder canvas: {cfg.decoder_canvas}",
         f"input: {loaded.input_shape[0]}×{loaded.input_shape[1]}   epochs trained: {loaded.epoch}",
     ]

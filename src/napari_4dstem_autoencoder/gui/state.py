@@ -1,11 +1,11 @@
 """Shared plugin state, one per napari viewer, evented with psygnal so docks update each other.
 
 Every dock asks :func:`get_state` for the state of its viewer. The state holds what the docks
-share: the current dataset (found through a layer's ``metadata["stem4d_dataset"]``), the
-preprocessing chosen in the Data dock, the loaded model, the embeddings and error maps it
-produced, the selected probe position and the projection selection. It also owns the mapping
-between world coordinates and the two scan grids (the file's grid, and the model's grid after
-scan crop/bin), so every real-space layer lines up.
+share: the current dataset (found through a layer's ``metadata[DATASET_KEY]``, see
+:func:`dataset_layers`), the preprocessing chosen in the Data dock, the loaded model, the
+embeddings and error maps it produced, the selected probe position and the projection
+selection. It also owns the mapping between world coordinates and the two scan grids (the
+file's grid, and the model's grid after scan crop/bin), so every real-space layer lines up.
 """
 
 from __future__ import annotations
@@ -17,13 +17,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from psygnal import Signal
 
-if TYPE_CHECKING:  # pragma: no cover
+from .keys import BEAM_KEY, DATASET_KEY
+
+if TYPE_CHECKING:  # pragma: no cover (annotations only: never imported at run time)
     from ..data.dataset import Dataset4D
     from ..data.preprocess import PreprocessConfig
-
-DATASET_KEY = "stem4d_dataset"
-#: layers this plugin creates on the real-space canvas carry this metadata flag
-REALSPACE_KEY = "stem4d_realspace"
 
 
 @dataclass(frozen=True)
@@ -41,16 +39,14 @@ class ScanGeometry:
 
     @classmethod
     def for_preprocess(cls, dataset: "Dataset4D", config: "PreprocessConfig | None") -> "ScanGeometry":
-        ry, rx = dataset.scan_shape
+        """The grid ``config``'s scan view of ``dataset`` has (the file's grid for ``None``),
+        by the preprocessing's own rule (``PreprocessConfig.scan_grid``): a crop that does
+        not fit the scan raises ValueError, as the scan view does."""
         step = tuple(float(s) for s in dataset.calibration.scan_step)
         if config is None:
-            return cls((0, 0), 1, step, (ry, rx))
-        y0, x0 = 0, 0
-        if config.scan_crop is not None:
-            y0, y1, x0, x1 = config.scan_crop
-            ry, rx = min(y1, ry) - y0, min(x1, rx) - x0
-        f = int(config.scan_bin)
-        return cls((int(y0), int(x0)), f, step, (max(ry // f, 1), max(rx // f, 1)))
+            return cls((0, 0), 1, step, tuple(int(n) for n in dataset.scan_shape))
+        offset, factor, shape = config.scan_grid(dataset.scan_shape)
+        return cls(offset, factor, step, shape)
 
     @property
     def scale(self) -> tuple[float, float]:
@@ -71,10 +67,6 @@ class ScanGeometry:
             return gy, gx
         return None
 
-    def from_grid(self, gy: int, gx: int) -> tuple[int, int]:
-        """Derived-grid index -> the file position of its first (top-left) pixel."""
-        return self.offset[0] + int(gy) * self.factor, self.offset[1] + int(gx) * self.factor
-
 
 class StemState:
     """What the docks of one viewer share. Change it through the setters so signals fire."""
@@ -83,6 +75,9 @@ class StemState:
     preprocess_changed = Signal(object)  # PreprocessConfig
     model_changed = Signal(object)  # LoadedModel | None
     embeddings_changed = Signal(object)  # np.ndarray (Ry', Rx', 32) | None
+    #: a training run's live embeddings (Ry'', Rx'', 32), every ``positions_step``-th position
+    #: of its grid (ScanGeometry); shown like embeddings, but not kept as the state's embeddings
+    preview_changed = Signal(object, int, object)
     error_maps_changed = Signal(object)  # dict[str, np.ndarray] | None
     position_changed = Signal(int, int)  # file scan position (ry, rx)
     selection_changed = Signal(object)  # bool mask on the model grid, or None
@@ -93,8 +88,7 @@ class StemState:
         self.dataset: Dataset4D | None = None
         self.dataset_layer_name: str | None = None
         self.preprocess_config: PreprocessConfig | None = None
-        self.model: Any = None  # training.checkpoints.LoadedModel
-        self.checkpoint_path: str | None = None
+        self.model: Any = None  # training.checkpoints.LoadedModel (its file: .path)
         self.embeddings: np.ndarray | None = None
         self.error_maps: dict[str, np.ndarray] | None = None
         self.embedding_geometry: ScanGeometry | None = None
@@ -125,9 +119,8 @@ class StemState:
         self.preprocess_config = config
         self.preprocess_changed.emit(config)
 
-    def set_model(self, loaded: Any, checkpoint_path: str | None = None) -> None:
+    def set_model(self, loaded: Any) -> None:
         self.model = loaded
-        self.checkpoint_path = checkpoint_path
         self.model_changed.emit(loaded)
         if self.position is not None:  # refresh the inspector with the new model
             self.position_changed.emit(*self.position)
@@ -140,6 +133,12 @@ class StemState:
         self.selection = None
         self.embeddings_changed.emit(self.embeddings)
         self.error_maps_changed.emit(error_maps)
+
+    def set_preview(self, embeddings: np.ndarray, positions_step: int,
+                    geometry: ScanGeometry) -> None:
+        """Show a training run's live embeddings (``geometry``: the run's scan grid)."""
+        self.preview_changed.emit(np.asarray(embeddings, dtype=np.float32), int(positions_step),
+                                  geometry)
 
     def set_position(self, ry: int, rx: int) -> None:
         """Select a probe position on the file's scan grid (clamped to the grid)."""
@@ -154,7 +153,8 @@ class StemState:
         """Step the probe by whole pixels of the model grid (file grid when no model)."""
         if self.position is None:
             return
-        f = self.model_geometry().factor if self.dataset is not None else 1
+        config = self.active_preprocess_config() if self.dataset is not None else None
+        f = int(config.scan_bin) if config is not None else 1
         self.set_position(self.position[0] + dy * f, self.position[1] + dx * f)
 
     def set_selection(self, mask: np.ndarray | None) -> None:
@@ -191,10 +191,15 @@ class StemState:
         return None
 
     def grid_position(self) -> tuple[int, int] | None:
-        """The selected position on the model grid (None when outside it or nothing selected)."""
+        """The selected position on the model grid (None when outside it, when the active
+        preprocessing does not fit the dataset, or when nothing is selected)."""
         if self.position is None or self.dataset is None:
             return None
-        return self.model_geometry().to_grid(*self.position)
+        try:
+            geometry = self.model_geometry()
+        except ValueError:  # e.g. a scan crop chosen for a larger dataset
+            return None
+        return geometry.to_grid(*self.position)
 
 
 _STATES: dict[int, tuple[weakref.ref, StemState]] = {}
@@ -228,7 +233,21 @@ def _forget(key: int, state: StemState) -> None:
         del _STATES[key]
 
 
+def layer_dataset(layer: Any) -> "Dataset4D | None":
+    """The 4D-STEM dataset ``layer`` stands for (the reader's, the sample's or the Data dock's
+    bright-field navigator), or None."""
+    return layer.metadata.get(DATASET_KEY)
+
+
 def dataset_layers(viewer: Any) -> list[Any]:
-    """Layers that carry a 4D-STEM dataset (the reader's and sample's navigator images)."""
-    return [layer for layer in unwrap_viewer(viewer).layers
-            if layer.metadata.get(DATASET_KEY) is not None]
+    """The layers of ``viewer`` that carry a dataset, in layer order (the one filter)."""
+    return [layer for layer in unwrap_viewer(viewer).layers if layer_dataset(layer) is not None]
+
+
+def dataset_beam(viewer: Any, dataset: "Dataset4D") -> Any:
+    """The reader's direct-beam estimate of ``dataset`` (a ``BeamEstimate``) from a layer that
+    carries it, or None (e.g. a layer made by a script)."""
+    for layer in dataset_layers(viewer):
+        if layer_dataset(layer) is dataset and layer.metadata.get(BEAM_KEY) is not None:
+            return layer.metadata[BEAM_KEY]
+    return None

@@ -3,9 +3,10 @@
 Widget values and the current dataset are read into a frozen ``TrainConfig`` on the GUI
 thread before the worker starts; the worker only iterates the engine's generator. Each
 event is handled here, on the GUI thread: progress bars, the append-only loss plot, and
-``Preview`` events shown live in the embeddings layer. Stop sets the engine's stop event, so
-training ends between batches and writes a loadable checkpoint. Closing the viewer does the
-same and waits for the worker to end.
+``Preview`` events handed to the state, whose canvas writer shows them live in the embeddings
+layer. ``Finished`` makes the trained model in memory the state's model (its checkpoint stays
+on disk for Save). Stop sets the engine's stop event, so training ends between batches and
+writes a loadable checkpoint. Closing the viewer does the same and waits for the worker to end.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtCore import QEvent, QObject, Signal
+from qtpy.QtCore import QEvent, QObject, Qt, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -39,8 +40,9 @@ from qtpy.QtWidgets import (
 )
 
 from . import backend
-from .canvas import adopt_first_dataset, install, show_embeddings
-from .jobs import embedding_job, load_model
+from .canvas import adopt_first_dataset, install
+from .jobs import embedding_job
+from .state import ScanGeometry
 from .views import LossPlot
 from .workers import Failure, start_generator
 
@@ -93,15 +95,19 @@ class TrainWidget(QWidget):
         self._total_steps = 0
         self._budget_s: float | None = None
         self._steps_done = 0
+        self._run_dataset: Any = None
+        self._run_geometry: ScanGeometry | None = None
         self._filter_target: weakref.ref | None = None
         self._stop_holder: dict[str, threading.Event | None] = {"stop": None}
 
         layout = QVBoxLayout(self)
         box = QGroupBox("Model and optimisation")
         form = QFormLayout(box)
-        names, default = backend.preset_names()
+        self._presets, default = backend.presets()
         self.preset = QComboBox()
-        self.preset.addItems(names)
+        for i, (name, preset) in enumerate(self._presets.items()):
+            self.preset.addItem(name)
+            self.preset.setItemData(i, preset.summary, Qt.ItemDataRole.ToolTipRole)
         self.preset.setCurrentText(default)
         self.epochs = QSpinBox(minimum=1, maximum=100000, value=10)
         self.batch_size = QSpinBox(minimum=2, maximum=4096, value=32)
@@ -165,9 +171,8 @@ class TrainWidget(QWidget):
 
     # -- form -----------------------------------------------------------------------------
     def _show_preset_lambdas(self, name: str) -> None:
-        from ..model.config import get_preset
-
-        cfg = get_preset(name)
+        self.preset.setToolTip(self._presets[name].summary)
+        cfg = self._presets[name].objective
         self.lambda_act.setPlaceholderText(f"preset: {cfg.lambda_act:g}")
         self.lambda_sim.setPlaceholderText(f"preset: {cfg.lambda_sim:g}")
         self.lambda_div.setPlaceholderText(f"preset: {cfg.lambda_div:g}")
@@ -178,18 +183,17 @@ class TrainWidget(QWidget):
 
     def train_config(self) -> Any:
         """The frozen TrainConfig the form describes (raises ValueError on a bad entry)."""
-        from ..data.preprocess import PreprocessConfig
-
         stamp = time.strftime("%Y%m%d-%H%M%S")
         name = self.state.dataset.name if self.state.dataset is not None else "model"
         self.checkpoint_path = str(self._run_dir / f"{Path(name).stem}-{stamp}.safetensors")
         return backend.make_train_config(
             preset=self.preset.currentText(),
-            preprocess=self.state.preprocess_config or PreprocessConfig(),
+            loss_weights={
+                "lambda_act": _optional_float(self.lambda_act.text(), "λ activity"),
+                "lambda_sim": _optional_float(self.lambda_sim.text(), "λ similarity"),
+                "lambda_div": _optional_float(self.lambda_div.text(), "λ divergence")},
+            preprocess=self.state.preprocess_config or backend.preprocess_config(),
             epochs=self.epochs.value(), batch_size=self.batch_size.value(), lr=self.lr.value(),
-            lambda_act=_optional_float(self.lambda_act.text(), "λ activity"),
-            lambda_sim=_optional_float(self.lambda_sim.text(), "λ similarity"),
-            lambda_div=_optional_float(self.lambda_div.text(), "λ divergence"),
             train_subset=self.subset.value() or None, seed=self.seed.value(),
             device=self.device.currentText(), max_minutes=self.max_minutes.value() or None,
             preview_every_seconds=self.preview_seconds,
@@ -220,6 +224,7 @@ class TrainWidget(QWidget):
         self.loss_plot.clear_losses()
         self.events_seen = []
         self.last_event = None
+        self._run_dataset, self._run_geometry = dataset, None
         self._set_running(True)
         self.status_label.setText("preparing the data…")
         self._t0 = time.monotonic()
@@ -265,6 +270,7 @@ class TrainWidget(QWidget):
 
     # -- events (GUI thread) --------------------------------------------------------------
     def _on_event(self, event: Any) -> None:
+        # the engine's event types are the protocol of backend.train's generator (backend doc)
         from ..training import events as ev
 
         self.last_event = event
@@ -278,6 +284,9 @@ class TrainWidget(QWidget):
                               else None)
             self._steps_done = 0
             self._t0 = time.monotonic()
+            self._run_geometry = ScanGeometry.for_preprocess(self._run_dataset,
+                                                             event.config.preprocess)
+            self.loss_plot.set_terms(event.loss_names)
             self.epoch_bar.setMaximum(event.epochs)
             self.epoch_bar.setValue(event.start_epoch)
             self.batch_bar.setMaximum(event.steps_per_epoch)
@@ -302,7 +311,9 @@ class TrainWidget(QWidget):
         elif isinstance(event, ev.EpochEnd):
             self.epoch_bar.setValue(event.epoch + 1)
         elif isinstance(event, ev.Preview):
-            show_embeddings(self.viewer, self.state, event.embeddings, event.positions_step)
+            if self.state.dataset is self._run_dataset and self._run_geometry is not None:
+                self.state.set_preview(event.embeddings, event.positions_step,
+                                       self._run_geometry)
         elif isinstance(event, ev.CheckpointSaved):
             self.save_button.setEnabled(True)
         elif isinstance(event, ev.Finished):
@@ -312,7 +323,9 @@ class TrainWidget(QWidget):
             if event.checkpoint:
                 self.checkpoint_path = event.checkpoint
                 self.save_button.setEnabled(True)
-                load_model(self.state, event.checkpoint, on_loaded=self._embed_after_training)
+                # the trained model as it is in memory: the checkpoint is not read back
+                self.state.set_model(event.trained)
+                self._embed_after_training(event.trained)
             else:
                 self.status_label.setText(self.status_label.text() + " (no checkpoint written)")
             self.run_finished.emit(event)

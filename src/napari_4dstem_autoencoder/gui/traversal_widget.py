@@ -42,7 +42,6 @@ class TraversalWidget(QWidget):
         self.state = install(napari_viewer)
         self.z: np.ndarray | None = None
         self.z_start: np.ndarray | None = None
-        self.start_level: float | None = None
         self.dims: list[int] = []
         self.decoded_image: np.ndarray | None = None
         self.start_image: np.ndarray | None = None
@@ -110,8 +109,6 @@ class TraversalWidget(QWidget):
             return
         self.z_start = emb[grid].astype(np.float32).copy()
         self.z = self.z_start.copy()
-        # a levelled model's decoder also takes the start pattern's level (not a latent)
-        self.start_level = backend.pattern_level(self.state.model, self.state.dataset, grid)
         self.start_image = None
         for slider, label, d in zip(self._sliders, self._value_labels, self.dims):
             slider.blockSignals(True)
@@ -150,12 +147,11 @@ class TraversalWidget(QWidget):
         loaded = self.state.model
         if loaded is None or self.z is None:
             return
-        self._decoder.submit(None, loaded, self.z.copy(), tuple(loaded.input_shape),
-                             self.start_level)
+        self._decoder.submit(None, loaded, self.z.copy(), tuple(loaded.input_shape))
 
-    def _decode(self, loaded: Any, z: np.ndarray, shape: tuple[int, int],
-                level: float | None) -> tuple[np.ndarray, np.ndarray]:
-        return z, backend.decode_latent(loaded, z, shape, self.state.device, level=level)
+    def _decode(self, loaded: Any, z: np.ndarray, shape: tuple[int, int]
+                ) -> tuple[np.ndarray, np.ndarray]:
+        return z, backend.decode_latent(loaded, z, shape)
 
     def _show_decoded(self, _key: Any, result: tuple[np.ndarray, np.ndarray]) -> None:
         z, image = result

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pyqtgraph as pg
 from qtpy.QtWidgets import QSizePolicy, QVBoxLayout, QWidget
@@ -62,9 +64,6 @@ class PatternPanels(QWidget):
         super().showEvent(event)
         self.fit()
 
-    def set_title(self, index: int, text: str) -> None:
-        self.labels[index].setText(text, size="9pt")
-
     def set_image(self, index: int, image: np.ndarray | None,
                   levels: tuple[float, float] | None = None) -> None:
         item = self.items[index]
@@ -88,7 +87,7 @@ class LossPlot(pg.PlotWidget):
     filled part, so appending costs O(1) amortised and nothing is redrawn from a Python list.
     """
 
-    #: one colour per loss component the engine reports (``training.engine.LOSS_KEYS``)
+    #: colours of the curves, in the order of the objective's term names (``total`` first)
     COLOURS = ["#ffffff", "#4fc3f7", "#ffb74d", "#81c784", "#e57373", "#ba68c8", "#fff176",
                "#4db6ac"]
 
@@ -121,6 +120,18 @@ class LossPlot(pg.PlotWidget):
         self._y.clear()
         self._n = 0
 
+    def set_terms(self, names: Sequence[str]) -> None:
+        """Start again with one curve per loss term the objective reports, in its order."""
+        self.clear_losses()
+        for name in names:
+            self._add_curve(name)
+
+    def _add_curve(self, name: str) -> None:
+        self._y[name] = np.full(self._x.size, np.nan)
+        colour = self.COLOURS[len(self._curves) % len(self.COLOURS)]
+        self._curves[name] = self.plot(name=name, pen=pg.mkPen(colour, width=1.5),
+                                       connect="finite")
+
     def append(self, step: float, losses: dict[str, float]) -> None:
         if self._n == self._x.size:  # grow every array together
             self._x = np.concatenate([self._x, np.zeros_like(self._x)])
@@ -128,11 +139,8 @@ class LossPlot(pg.PlotWidget):
                 self._y[key] = np.concatenate([self._y[key], np.full_like(self._y[key], np.nan)])
         self._x[self._n] = step
         for name, value in losses.items():
-            if name not in self._y:
-                self._y[name] = np.full(self._x.size, np.nan)
-                colour = self.COLOURS[len(self._curves) % len(self.COLOURS)]
-                self._curves[name] = self.plot(name=name, pen=pg.mkPen(colour, width=1.5),
-                                               connect="finite")
+            if name not in self._y:  # a term set_terms was not told about
+                self._add_curve(name)
             # log axis: a zero (e.g. a contrastive term that never fires) is left undrawn
             value = float(value)
             self._y[name][self._n] = value if value > 0 else np.nan

@@ -171,7 +171,7 @@ def embed_and_score(
             with torch.inference_mode(), precision.autocast():
                 z = model.embed(x)
                 if score:
-                    x_hat = model.decode(z, tuple(x.shape[-2:]), level=model.level_of(x))
+                    x_hat = model.decode(z, tuple(x.shape[-2:]))
             # flat positions of this batch inside its block -> scan coordinates
             width = cols.stop - cols.start
             k = np.arange(start, start + len(x_np))
@@ -189,36 +189,6 @@ def embed_and_score(
         return EmbeddingResult(embeddings=emb)
     psnr = (10.0 * np.log10(1.0 / np.maximum(mse, _PSNR_FLOOR_MSE))).astype(np.float32)
     return EmbeddingResult(embeddings=emb, mse=mse, psnr=psnr)
-
-
-def embed_dataset(
-    model: Autoencoder,
-    preprocessor: Preprocessor,
-    dataset: Dataset4D,
-    batch_size: int = 256,
-    device: str | torch.device = "cpu",
-    progress: Progress | None = None,
-    stop: threading.Event | None = None,
-    **kwargs,
-) -> np.ndarray:
-    """(Ry', Rx', latent) float32 embeddings of every position, streamed in batches."""
-    return embed_and_score(model, preprocessor, dataset, batch_size, device, progress, stop,
-                           score=False, **kwargs).embeddings
-
-
-def reconstruction_error_maps(
-    model: Autoencoder,
-    preprocessor: Preprocessor,
-    dataset: Dataset4D,
-    batch_size: int = 256,
-    device: str | torch.device = "cpu",
-    progress: Progress | None = None,
-    stop: threading.Event | None = None,
-    **kwargs,
-) -> dict[str, np.ndarray]:
-    """``{"mse": (Ry', Rx'), "psnr": (Ry', Rx')}`` of each position's reconstruction."""
-    return embed_and_score(model, preprocessor, dataset, batch_size, device, progress, stop,
-                           score=True, **kwargs).error_maps()
 
 
 def reconstruct(
@@ -248,6 +218,5 @@ def reconstruct(
     return (x_np[0], out[0]) if single else (x_np, out)
 
 
-__all__ = ["EmbeddingCancelled", "EmbeddingResult", "embed_and_score", "embed_dataset",
-           "reconstruct", "reconstruction_error_maps", "safe_batch_size", "scan_blocks",
-           "scan_tiles"]
+__all__ = ["EmbeddingCancelled", "EmbeddingResult", "embed_and_score", "reconstruct",
+           "safe_batch_size", "scan_blocks", "scan_tiles"]

@@ -8,18 +8,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .balance import BalancedReconstruction, correlation_penalty
 from .blocks import (
     AdaptiveDecoder,
-    ContrastiveLoss,
     ConvBN,
-    DivergenceLoss,
     EmbeddingLayer,
     ResNetBlock,
     count_parameters,
     geometric_sizes,
 )
-from .config import MIN_INPUT_SIZE, ModelConfig, get_preset
+from .config import MIN_INPUT_SIZE, ModelConfig
 
 EMBED_GRID = 4  # the final adaptive pool is always 4x4 -> 16 features
 
@@ -41,18 +38,15 @@ def check_input(x: torch.Tensor) -> None:
         )
 
 
-def _resolve(config: ModelConfig | str | None) -> ModelConfig:
-    if config is None:
-        return get_preset("seed")
-    if isinstance(config, str):
-        return get_preset(config)
-    return config
+def _resolve(config: ModelConfig | None) -> ModelConfig:
+    """The given architecture, or the seed document's."""
+    return ModelConfig() if config is None else config
 
 
 class Encoder(nn.Module):
     """(B, 1, H, W) -> (B, latent_dim), non-negative."""
 
-    def __init__(self, latent_dim: int = 32, config: ModelConfig | str | None = None) -> None:
+    def __init__(self, latent_dim: int = 32, config: ModelConfig | None = None) -> None:
         super().__init__()
         self.config = _resolve(config)
         self.conv_input = ConvBN(1, 64)
@@ -84,7 +78,7 @@ class Decoder(AdaptiveDecoder):
     """(B, latent_dim) -> (B, 1, H, W) in [0, 1]."""
 
     def __init__(self, latent_dim: int = 32, out_shape: tuple[int, int] = (256, 256),
-                 config: ModelConfig | str | None = None) -> None:
+                 config: ModelConfig | None = None) -> None:
         cfg = _resolve(config)
         super().__init__(latent_dim, out_shape, canvas=cfg.decoder_canvas,
                          output_prior=cfg.output_prior)
@@ -100,7 +94,7 @@ class Autoencoder(nn.Module):
     """
 
     def __init__(self, latent_dim: int = 32, out_shape: tuple[int, int] = (256, 256),
-                 config: ModelConfig | str | None = None) -> None:
+                 config: ModelConfig | None = None) -> None:
         super().__init__()
         cfg = _resolve(config)
         if latent_dim != cfg.latent_dim:
@@ -109,89 +103,24 @@ class Autoencoder(nn.Module):
         self.out_shape = tuple(int(s) for s in out_shape)
         self.encoder = Encoder(latent_dim, cfg)
         self.decoder = Decoder(latent_dim, self.out_shape, cfg)
-        self.contrastive = ContrastiveLoss(cfg.contrastive_margin)
-        self.divergence = DivergenceLoss(cfg.divergence_eps, cfg.divergence_form)
-        self.balance = None
-        if cfg.reconstruction_weighting == "pca_balanced":
-            self.balance = BalancedReconstruction(
-                self.out_shape, cfg.balance_max_directions, cfg.balance_min_variance,
-                cfg.balance_max_gain)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(x)
 
-    @property
-    def uses_level(self) -> bool:
-        """Whether the decoder's prior follows each input's level (``mean_and_level``)."""
-        return self.decoder.level_slope is not None
-
-    def level_of(self, x: torch.Tensor) -> torch.Tensor | None:
-        """Each input pattern's level (mean value), which a ``mean_and_level`` prior is given;
-        ``None`` for other configs."""
-        return self.decoder.level_of(x)
-
-    def decode(self, z: torch.Tensor, out_shape: tuple[int, int] | None = None,
-               level: torch.Tensor | None = None) -> torch.Tensor:
-        """Decode embeddings; ``level`` (B,) from :meth:`level_of` (a ``mean_and_level``
-        prior without it decodes at the training data's mean level)."""
-        return self.decoder(z, out_shape or self.out_shape, level=level)
+    def decode(self, z: torch.Tensor, out_shape: tuple[int, int] | None = None) -> torch.Tensor:
+        return self.decoder(z, out_shape or self.out_shape)
 
     def encode_decode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One encoder pass: the reconstruction (at the input's size) and the embedding."""
         z = self.encoder(x)
-        return self.decoder(z, tuple(x.shape[-2:]), level=self.decoder.level_of(x)), z
+        return self.decoder(z, tuple(x.shape[-2:])), z
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.encode_decode(x)[0]
 
-    def compute_loss(
-        self,
-        x: torch.Tensor,
-        x_hat: torch.Tensor,
-        z: torch.Tensor,
-        lambda_act: float | None = None,
-        lambda_sim: float | None = None,
-        lambda_div: float | None = None,
-    ) -> dict[str, torch.Tensor]:
-        """``L = MSE + L_bal + λ_act·mean|z| + λ_sim·L_sim + λ_div·L_div + λ_corr·L_corr``.
-
-        The λ default to the config's values (the seed's 1e-4, 5e-5, 2e-4; λ_corr 0).
-        ``L_bal`` is the PCA-balanced extra reconstruction error (0 unless the config asks for
-        it). Returned keys: ``total``, ``mse``, ``l1``, ``contrastive``, ``divergence``,
-        ``balance``, ``correlation`` (unweighted components).
-        """
-        cfg = self.config
-        lambda_act = cfg.lambda_act if lambda_act is None else lambda_act
-        lambda_sim = cfg.lambda_sim if lambda_sim is None else lambda_sim
-        lambda_div = cfg.lambda_div if lambda_div is None else lambda_div
-        mse = F.mse_loss(x_hat.float(), x.float())
-        l1 = z.float().abs().mean()
-        sim = self.contrastive(z.float())
-        div = self.divergence(z)
-        bal = self.balance(x, x_hat) if self.balance is not None else mse.new_zeros(())
-        corr = correlation_penalty(z) if cfg.lambda_corr else mse.new_zeros(())
-        total = (mse + bal + lambda_act * l1 + lambda_sim * sim + lambda_div * div
-                 + cfg.lambda_corr * corr)
-        return {"total": total, "mse": mse, "l1": l1, "contrastive": sim, "divergence": div,
-                "balance": bal, "correlation": corr}
-
     def set_output_prior(self, mean_pattern) -> None:
-        """Set the decoder's mean-pattern prior (configs with an ``output_prior``)."""
+        """Set the decoder's mean-pattern prior (configs with ``output_prior="mean_pattern"``)."""
         self.decoder.set_output_prior(torch.as_tensor(mean_pattern))
-
-    def set_level_prior(self, patterns) -> None:
-        """Fit the mean pattern and its level term on (N, H, W) preprocessed training patterns
-        (configs with ``output_prior="mean_and_level"``)."""
-        self.decoder.set_level_prior(torch.as_tensor(patterns))
-
-    def set_loss_balance(self, patterns) -> int:
-        """Fit the PCA-balanced loss on (N, H, W) preprocessed training patterns.
-
-        Returns the number of principal directions weighted up (configs with
-        ``reconstruction_weighting="pca_balanced"``).
-        """
-        if self.balance is None:
-            raise ValueError("this model's config does not use the PCA-balanced loss")
-        return self.balance.set_from_patterns(torch.as_tensor(patterns))
 
     def num_parameters(self) -> int:
         return count_parameters(self)

@@ -134,18 +134,12 @@ class AdaptiveDecoder(nn.Module):
         super().__init__()
         self.out_shape = tuple(int(s) for s in out_shape)
         self.canvas = canvas
-        if output_prior not in ("none", "mean_pattern", "mean_and_level"):
+        if output_prior not in ("none", "mean_pattern"):
             raise ValueError(f"unknown output_prior {output_prior!r}")
-        with_prior, with_level = output_prior != "none", output_prior == "mean_and_level"
         # logit of the training data's mean pattern, added before the sigmoid (a buffer:
         # saved with the weights, not trained). Zero until set_output_prior is called.
-        self.register_buffer("prior_logit",
-                             torch.zeros(1, 1, *self.out_shape) if with_prior else None)
-        # the prior of a pattern with level l is mean + (l - level_mean) * level_slope
-        # (least squares over the training patterns; zero slope until set_level_prior)
-        self.register_buffer("level_slope",
-                             torch.zeros(1, 1, *self.out_shape) if with_level else None)
-        self.register_buffer("level_mean", torch.zeros(()) if with_level else None)
+        self.register_buffer("prior_logit", torch.zeros(1, 1, *self.out_shape)
+                             if output_prior == "mean_pattern" else None)
         self.linear = nn.Linear(latent_dim, self.channels * self.base_size**2)
         self.conv_initial = conv3x3(self.channels, self.channels)
         self.up_blocks = nn.ModuleList(ResNetUpBlock(self.channels) for _ in range(3))
@@ -158,22 +152,7 @@ class AdaptiveDecoder(nn.Module):
         cols = geometric_sizes(self.base_size, target[1], 3)
         return list(zip(rows, cols))
 
-    def level_of(self, x: torch.Tensor) -> torch.Tensor | None:
-        """(B,) mean of each input pattern when the prior follows it, else ``None``."""
-        if self.level_slope is None:
-            return None
-        return x.detach().float().mean(dim=tuple(range(1, x.dim())))
-
-    def _prior(self, level: torch.Tensor | None, clip: float = 1e-3) -> torch.Tensor:
-        """(1 or B, 1, H, W) logit added before the sigmoid, at ``out_shape``."""
-        if self.level_slope is None or level is None:
-            return self.prior_logit
-        mean = torch.sigmoid(self.prior_logit)
-        offset = (level.detach().float() - self.level_mean).reshape(-1, 1, 1, 1)
-        return torch.logit((mean + offset * self.level_slope).clamp(clip, 1.0 - clip))
-
-    def forward(self, z: torch.Tensor, out_shape: tuple[int, int] | None = None,
-                level: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, out_shape: tuple[int, int] | None = None) -> torch.Tensor:
         target = tuple(out_shape) if out_shape is not None else self.out_shape
         x = self.linear(z).view(-1, self.channels, self.base_size, self.base_size)
         x = self.conv_initial(x)
@@ -181,7 +160,7 @@ class AdaptiveDecoder(nn.Module):
             x = block(x, size)
         x = self.conv_final(x)
         if self.prior_logit is not None:
-            prior = self._prior(level)
+            prior = self.prior_logit
             if tuple(prior.shape[-2:]) != tuple(x.shape[-2:]):
                 prior = F.interpolate(prior, size=x.shape[-2:], mode="bilinear", align_corners=False)
             x = x + prior.to(x.dtype)
@@ -202,86 +181,6 @@ class AdaptiveDecoder(nn.Module):
         m = m.clamp(clip, 1.0 - clip)
         self.prior_logit.copy_(torch.log(m / (1.0 - m)).to(self.prior_logit.device))
 
-    def set_level_prior(self, patterns: torch.Tensor) -> None:
-        """Fit the mean pattern, the mean level and the per-pixel slope on (N, H, W) patterns.
-
-        The slope is the least-squares regression of each pixel on the pattern's level; with
-        one level only (e.g. a single pattern) it is zero and the prior is the mean pattern.
-        """
-        if self.level_slope is None:
-            raise ValueError("this decoder was built without a level prior")
-        p = torch.as_tensor(patterns, dtype=torch.float32)
-        if p.dim() != 3 or p.shape[0] < 1:
-            raise ValueError(f"patterns must be (N, H, W) with N >= 1, got {tuple(p.shape)}")
-        if not bool(torch.isfinite(p).all()):
-            raise ValueError("the patterns contain NaN or Inf values")
-        self.set_output_prior(p.mean(dim=0))
-        level = p.mean(dim=(1, 2)).double()  # float32 work: no float64 copy of the patterns
-        centred = level - level.mean()
-        spread = float((centred ** 2).sum())
-        slope = torch.zeros(p.shape[-2:], dtype=torch.float64)
-        if spread > 0:  # sum_b (p_b - mean) c_b = sum_b p_b c_b, since sum_b c_b = 0
-            slope = torch.einsum("b,bhw->hw", centred.float(), p).double() / spread
-        slope = slope.float().reshape(1, 1, *p.shape[-2:])
-        if tuple(slope.shape[-2:]) != self.out_shape:
-            slope = F.interpolate(slope, size=self.out_shape, mode="bilinear", align_corners=False)
-        self.level_slope.copy_(slope.to(self.level_slope.device))
-        self.level_mean.fill_(float(level.mean()))
-
-
-class ContrastiveLoss(nn.Module):
-    """Mean of ``relu(cos_sim - margin)`` over distinct pairs of the batch.
-
-    With fewer than two samples there are no pairs and the loss is 0.
-    """
-
-    def __init__(self, margin: float = 1.0) -> None:
-        super().__init__()
-        self.margin = margin
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        n = z.size(0)
-        if n < 2:
-            return z.new_zeros(())
-        zn = F.normalize(z, p=2, dim=1)
-        sim = zn @ zn.t()
-        off_diagonal = ~torch.eye(n, dtype=torch.bool, device=z.device)
-        return F.relu(sim[off_diagonal] - self.margin).mean()
-
-
-class DivergenceLoss(nn.Module):
-    """Penalise embedding dimensions whose variance over the batch collapses.
-
-    ``inverse_variance`` (seed): ``mean(1 / (var + eps))``; ``log_variance``:
-    ``mean(-log(var + eps))``; ``std_hinge``: ``mean(relu(1 - sqrt(var + eps)))``, which
-    only pushes dimensions whose standard deviation is below 1 and whose gradient is bounded;
-    ``std_hinge_decorrelate`` adds ``sum(offdiag(cov)^2) / (25 D)`` (VICReg's covariance
-    term). The variance of a single sample is undefined, so with fewer than two samples the
-    loss is 0 (rather than NaN).
-    """
-
-    def __init__(self, eps: float = 1e-8, form: str = "inverse_variance") -> None:
-        super().__init__()
-        self.eps = eps
-        self.form = form
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        if z.size(0) < 2:
-            return z.new_zeros(())
-        var = torch.var(z.float(), dim=0)
-        if self.form == "log_variance":
-            return (-torch.log(var + self.eps)).mean()
-        if self.form in ("std_hinge", "std_hinge_decorrelate"):
-            hinge = F.relu(1.0 - torch.sqrt(var + self.eps)).mean()
-            if self.form == "std_hinge":
-                return hinge
-            zc = z.float() - z.float().mean(dim=0)
-            cov = zc.t() @ zc / (z.size(0) - 1)
-            off = cov - torch.diag(torch.diagonal(cov))
-            # VICReg weighs variance 25 : covariance 1
-            return hinge + off.pow(2).sum() / (25.0 * z.size(1))
-        return (1.0 / (var + self.eps)).mean()
-
 
 def count_parameters(module: nn.Module) -> int:
     """Trainable parameters (BN running statistics are buffers, not parameters)."""
@@ -289,7 +188,7 @@ def count_parameters(module: nn.Module) -> int:
 
 
 __all__ = [
-    "AdaptiveDecoder", "ContrastiveLoss", "ConvBlock", "DivergenceLoss", "EmbeddingLayer",
+    "AdaptiveDecoder", "ConvBlock", "EmbeddingLayer",
     "IdentityBlock", "ResNetBlock", "ResNetUpBlock", "count_parameters", "geometric_sizes",
     "quarter_size",
 ]

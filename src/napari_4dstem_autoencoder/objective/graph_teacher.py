@@ -1,6 +1,6 @@
 """A target geometry for the embedding: diffusion-map coordinates of the patterns' neighbour graph.
 
-Why (docs/model.md, "A graph teacher"): on the evaluation data the classes are connected clouds
+Why (docs/model.md, "The loss"): on the evaluation data the classes are connected clouds
 in pattern space (a grain drifts with thickness) that k-means cuts, while the 15-nearest-neighbour
 graph of the preprocessed patterns is 98-99 % class-pure. The diffusion map of that graph (the
 leading eigenvectors of its random-walk matrix, each weighted by its eigenvalue to the power
@@ -14,10 +14,10 @@ batch's centred embeddings, projected on a fixed subspace of as many dimensions 
 have, to match the batch's centred targets up to scale and rotation
 (:func:`procrustes_mismatch`). The rest of the latent space is left to the reconstruction. A
 comparison of geometries is blind to rotations and sign flips of the targets, so eigenvectors
-of a repeated eigenvalue (one per disconnected cloud) need no canonical basis, and the teacher
-needs no saving: a resumed run fits it again.
+of a repeated eigenvalue (one per disconnected cloud) need no canonical basis.
 
-Nothing here has parameters; the teacher lives in the engine, not in the model.
+Nothing here has parameters. The teacher's state (reference patterns and their coordinates) is
+saved with the model by ``objective.Objective``, so a resumed run is taught the same geometry.
 """
 
 from __future__ import annotations
@@ -84,21 +84,33 @@ def procrustes_mismatch(z: torch.Tensor, target: torch.Tensor,
 
 
 class DiffusionTeacher:
-    """Diffusion-map targets for the embedding, fitted on (N, H, W) reference patterns."""
+    """Diffusion-map targets for the embedding: ``reference`` (N, D) flattened patterns and
+    their ``coords`` (N, M). Build one with :meth:`fit`; both tensors are its whole state."""
 
-    def __init__(self, reference: torch.Tensor, n_neighbours: int = 15,
-                 diffusion_time: float = 64.0, n_components: int = 16,
-                 latent_dim: int = 32) -> None:
+    def __init__(self, reference: torch.Tensor, coords: torch.Tensor, latent_dim: int = 32) -> None:
+        m = coords.shape[1]
+        if not 1 <= m <= latent_dim:
+            raise ValueError(f"n_components must be between 1 and the latent size {latent_dim}")
+        if reference.ndim != 2 or coords.ndim != 2 or reference.shape[0] != coords.shape[0]:
+            raise ValueError(f"reference {tuple(reference.shape)} and coordinates "
+                             f"{tuple(coords.shape)} do not describe the same patterns")
+        self.reference = reference.float()
+        self.coords = coords.float()
+        gen = torch.Generator().manual_seed(PROJECTION_SEED)
+        self.projection = torch.linalg.qr(torch.randn(latent_dim, m, generator=gen))[0]
+
+    @classmethod
+    def fit(cls, reference: torch.Tensor, n_neighbours: int = 15, diffusion_time: float = 64.0,
+            n_components: int = 16, latent_dim: int = 32) -> "DiffusionTeacher":
+        """Fit the diffusion coordinates of (N, H, W) reference patterns."""
         if not 1 <= n_components <= latent_dim:
             raise ValueError(f"n_components must be between 1 and the latent size {latent_dim}")
-        flat = reference.reshape(reference.shape[0], -1).float()
-        coords = diffusion_coordinates(flat.numpy(), n_neighbours, diffusion_time,
-                                       n_components)
-        self.reference = flat
-        self.coords = torch.from_numpy(coords).float()
-        gen = torch.Generator().manual_seed(PROJECTION_SEED)
-        self.projection = torch.linalg.qr(
-            torch.randn(latent_dim, self.coords.shape[1], generator=gen))[0]
+        flat = torch.as_tensor(reference).reshape(reference.shape[0], -1).float().cpu()
+        coords = diffusion_coordinates(flat.numpy(), n_neighbours, diffusion_time, n_components)
+        return cls(flat, torch.from_numpy(coords), latent_dim)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"reference": self.reference, "coords": self.coords}
 
     @property
     def has_structure(self) -> bool:

@@ -2,10 +2,11 @@
 
 One ``.safetensors`` file holds:
 
-- tensors: ``model.<state-dict key>`` (weights and BN statistics) and, for resumable
-  checkpoints, ``optim.<param index>.<name>`` (Adam moments and step counters);
+- tensors: ``model.<state-dict key>`` (weights and BN statistics), ``objective.<key>`` (the
+  objective's fitted state, e.g. the graph teacher) and, for resumable checkpoints,
+  ``optim.<param index>.<name>`` (Adam moments and step counters);
 - a JSON document in the safetensors header (``__metadata__["napari_4dstem_autoencoder"]``):
-  model config and preset, preprocessing config and fitted statistics, input size, training
+  model config and preset, objective config, preprocessing config and fitted statistics, input size, training
   config and history, optimiser structure (param groups and which state entries are tensors),
   scheduler state, package / torch / python versions, and a SHA-256 of all tensor bytes.
 
@@ -36,10 +37,15 @@ from .. import __version__
 from ..data.preprocess import Preprocessor
 from ..model.autoencoder import Autoencoder
 from ..model.config import ModelConfig
+from ..objective.config import ObjectiveConfig
+from ..objective.objective import Objective
 from .config import TrainConfig
+from .presets import DEFAULT_PRESET, PRESETS
 
 FORMAT_NAME = "napari-4dstem-autoencoder/checkpoint"
-FORMAT_VERSION = 1
+#: 2: the objective (config and fitted state) is saved apart from the architecture; format 1
+#: files are migrated on load (:func:`_migrate_format_1`)
+FORMAT_VERSION = 2
 _META_KEY = "napari_4dstem_autoencoder"
 _MAX_HEADER_BYTES = 100 * 1024 * 1024
 
@@ -54,16 +60,22 @@ class LoadedModel:
 
     model: Autoencoder
     preprocessor: Preprocessor
+    objective: Objective
     train_config: TrainConfig | None
     history: list[dict[str, Any]]
     metadata: dict[str, Any]
-    path: Path
+    path: Path | None  # None: a model in memory that was never saved
     input_shape: tuple[int, int]
     epoch: int = 0
     global_step: int = 0
     optimizer_state: dict[str, Any] | None = None
     scheduler_state: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def preset(self) -> str | None:
+        """The preset the model was trained from (``None``: not recorded)."""
+        return self.metadata.get("preset")
 
 
 # -- writing --------------------------------------------------------------------------------
@@ -151,6 +163,57 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     return path
 
 
+def trained_model(
+    model: nn.Module,
+    preprocessor: Preprocessor,
+    objective: Objective | None = None,
+    config: TrainConfig | None = None,
+    history: list[dict[str, Any]] | None = None,
+    *,
+    epoch: int = 0,
+    global_step: int = 0,
+    path: str | os.PathLike = "",
+    input_shape: tuple[int, int] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> LoadedModel:
+    """A model in memory described as a checkpoint describes it (what ``load_checkpoint`` of
+    the file :func:`save_checkpoint` writes from the same arguments returns, apart from the
+    optimiser state): lets a finished run be used without reading its checkpoint back.
+
+    ``objective`` defaults to the config's, unfitted.
+    """
+    model = unwrap_model(model)
+    if not isinstance(model, Autoencoder):
+        raise TypeError(f"expected an Autoencoder, got {type(model).__name__}")
+    if preprocessor.stats is None:
+        raise ValueError("the preprocessor is not fitted; a checkpoint needs its statistics")
+    if objective is None:
+        objective = Objective(config.objective_config() if config is not None
+                              else ObjectiveConfig(), model.config.latent_dim)
+    input_shape = tuple(int(n) for n in (input_shape or model.out_shape))
+    history = list(history or [])
+    metadata = {
+        "model_config": model.config.to_dict(),
+        "objective": {"config": objective.config.to_dict(), "fitted": objective.fitted},
+        "preset": config.preset if config is not None else None,
+        "parameters": model.num_parameters(),
+        "input_shape": list(input_shape),
+        "preprocessing": preprocessor.to_dict(),
+        "train_config": config.to_dict() if config is not None else None,
+        "history": history,
+        "epoch": int(epoch),
+        "global_step": int(global_step),
+        "versions": {"napari_4dstem_autoencoder": __version__, "torch": torch.__version__,
+                     "python": platform.python_version()},
+        "extra": dict(extra or {}),
+    }
+    return LoadedModel(model=model, preprocessor=preprocessor, objective=objective,
+                       train_config=config, history=history, metadata=metadata,
+                       path=Path(path) if path else None,
+                       input_shape=input_shape, epoch=int(epoch), global_step=int(global_step),
+                       extra=dict(extra or {}))
+
+
 def save_checkpoint(
     path: str | os.PathLike,
     model: nn.Module,
@@ -159,6 +222,7 @@ def save_checkpoint(
     history: list[dict[str, Any]] | None = None,
     extra: dict[str, Any] | None = None,
     *,
+    objective: Objective | None = None,
     optimizer: torch.optim.Optimizer | None = None,
     scheduler_state: dict[str, Any] | None = None,
     epoch: int = 0,
@@ -167,35 +231,25 @@ def save_checkpoint(
 ) -> Path:
     """Atomically write a checkpoint; returns its path.
 
-    ``extra`` is any JSON-serialisable mapping kept in the metadata. ``optimizer`` and
+    ``extra`` is any JSON-serialisable mapping kept in the metadata. ``objective`` (default:
+    the config's, unfitted) is saved with its fitted state. ``optimizer`` and
     ``scheduler_state`` make the checkpoint resumable; ``epoch`` counts completed epochs.
     """
-    model = unwrap_model(model)
-    if not isinstance(model, Autoencoder):
-        raise TypeError(f"expected an Autoencoder, got {type(model).__name__}")
-    if preprocessor.stats is None:
-        raise ValueError("the preprocessor is not fitted; a checkpoint needs its statistics")
+    loaded = trained_model(model, preprocessor, objective, config, history, epoch=epoch,
+                           global_step=global_step, path=path, input_shape=input_shape,
+                           extra=extra)
+    model, objective = loaded.model, loaded.objective
     tensors = {f"model.{k}": v.detach().cpu().contiguous()
                for k, v in model.state_dict().items()}
+    tensors.update({f"objective.{k}": v for k, v in objective.state_dict().items()})
     optim_structure = _optimizer_to_tensors(optimizer, tensors) if optimizer is not None else None
     meta = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "model_config": model.config.to_dict(),
-        "preset": model.config.name,
-        "parameters": model.num_parameters(),
-        "input_shape": list(input_shape or model.out_shape),
-        "preprocessing": preprocessor.to_dict(),
-        "train_config": config.to_dict() if config is not None else None,
-        "history": list(history or []),
-        "epoch": int(epoch),
-        "global_step": int(global_step),
+        **loaded.metadata,
         "optimizer": optim_structure,
         "scheduler": scheduler_state,
-        "versions": {"napari_4dstem_autoencoder": __version__, "torch": torch.__version__,
-                     "python": platform.python_version()},
-        "extra": dict(extra or {}),
         "sha256": _tensor_digest(tensors),
     }
     header = {"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION),
@@ -263,7 +317,55 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
         )
     if meta.get("sha256") != _tensor_digest(tensors):
         raise CheckpointError(f"{path}: corrupt checkpoint (the tensor checksum does not match)")
+    if version == 1:
+        meta = _migrate_format_1(path, meta)
     return tensors, meta
+
+
+#: format 1 kept the loss settings in the model config under these names (others: dropped
+#: research options, refused below unless at their neutral value)
+_FORMAT_1_NEUTRAL = {"reconstruction_weighting": "uniform", "lambda_corr": 0.0}
+_FORMAT_1_PRESETS = {"graph": "regions", "prior": "continuous", "seed": "seed"}
+
+
+def _migrate_format_1(path: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    """Format 1 metadata rewritten as format 2: the loss settings move from the model config
+    to the objective config (the teacher is refitted on resume); research-only settings that
+    this version no longer has are refused by name."""
+    meta = dict(meta)
+    try:
+        old = dict(meta["model_config"])
+        old_name = old.pop("name", "")
+        for key in ("balance_min_variance", "balance_max_directions", "balance_max_gain"):
+            old.pop(key, None)
+        for key, neutral in _FORMAT_1_NEUTRAL.items():
+            if old.pop(key, neutral) != neutral:
+                raise CheckpointError(
+                    f"{path}: trained with the research preset {old_name!r} ({key}), which this "
+                    "version no longer has; retrain with one of " + ", ".join(PRESETS))
+        if old.get("output_prior") == "mean_and_level" or old.get("divergence_form") in (
+                "log_variance", "std_hinge"):
+            raise CheckpointError(
+                f"{path}: trained with the research preset {old_name!r}, which this version no "
+                "longer has; retrain with one of " + ", ".join(PRESETS))
+        objective_keys = {f for f in ObjectiveConfig.__dataclass_fields__}
+        objective = {k: old.pop(k) for k in list(old) if k in objective_keys}
+        meta["model_config"] = old
+        meta["objective"] = {"config": objective, "fitted": False}
+        preset = _FORMAT_1_PRESETS.get(old_name, DEFAULT_PRESET)
+        meta["preset"] = preset
+        train = meta.get("train_config")
+        if train:
+            train = dict(train)
+            weights = {k: train.pop(k) for k in ("lambda_act", "lambda_sim", "lambda_div")}
+            objective_cfg = {**objective, **{k: v for k, v in weights.items() if v is not None}}
+            train.update(preset=preset, model=old, objective=objective_cfg)
+            meta["train_config"] = train
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        if isinstance(exc, CheckpointError):
+            raise
+        raise CheckpointError(f"{path}: corrupt checkpoint metadata ({exc})") from None
+    return meta
 
 
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedModel:
@@ -272,6 +374,8 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     tensors, meta = read_checkpoint(path)
     try:
         model_config = ModelConfig.from_dict(meta["model_config"])
+        objective = Objective(ObjectiveConfig.from_dict(meta["objective"]["config"]),
+                              model_config.latent_dim)
         input_shape = tuple(int(v) for v in meta["input_shape"])
         preprocessor = Preprocessor.from_dict(meta["preprocessing"])
         train_config = (TrainConfig.from_dict(meta["train_config"])
@@ -292,6 +396,14 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
             f"({' '.join(line.strip() for line in first[:3])})"
         ) from None
     model.to(torch.device(device)).eval()
+    objective_state = {k[len("objective."):]: v for k, v in tensors.items()
+                       if k.startswith("objective.")}
+    if meta["objective"].get("fitted"):
+        try:
+            objective.load_state_dict(objective_state)
+        except (KeyError, ValueError) as exc:
+            raise CheckpointError(f"{path}: incompatible objective state ({exc})") from None
+    objective.to(device)
     optim_state = None
     if meta.get("optimizer"):
         try:
@@ -299,7 +411,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"{path}: corrupt optimiser state ({exc})") from None
     return LoadedModel(
-        model=model, preprocessor=preprocessor, train_config=train_config,
+        model=model, preprocessor=preprocessor, objective=objective, train_config=train_config,
         history=list(meta.get("history") or []), metadata=meta, path=path,
         input_shape=input_shape, epoch=int(meta.get("epoch", 0)),
         global_step=int(meta.get("global_step", 0)), optimizer_state=optim_state,
@@ -308,4 +420,4 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
 
 
 __all__ = ["CheckpointError", "LoadedModel", "save_checkpoint", "load_checkpoint",
-           "read_checkpoint", "atomic_write_bytes", "unwrap_model"]
+           "read_checkpoint", "trained_model", "atomic_write_bytes", "unwrap_model"]

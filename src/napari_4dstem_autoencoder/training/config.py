@@ -13,7 +13,9 @@ from typing import Any, Literal
 
 from .._fields import checked_fields
 from ..data.preprocess import PreprocessConfig
-from ..model.config import DEFAULT_PRESET, ModelConfig, get_preset
+from ..model.config import ModelConfig
+from ..objective.config import ObjectiveConfig
+from .presets import DEFAULT_PRESET, get_preset
 
 AmpMode = Literal["auto", "bf16", "off"]
 LrSchedule = Literal["cosine", "plateau", "constant"]
@@ -33,8 +35,9 @@ def _check_device(device: str) -> None:
 class TrainConfig:
     """Everything that defines a training run (apart from the data).
 
-    Model: ``preset`` names an entry of ``model.config.PRESETS``; ``model`` (a full
-    ``ModelConfig``) overrides it when given. ``lambda_*`` of ``None`` use the model's values.
+    Model and loss: ``preset`` names an entry of ``training.presets.PRESETS``; ``model`` (a
+    full ``ModelConfig``) and ``objective`` (a full ``ObjectiveConfig``, the one place loss
+    weights are set; see ``presets.objective_with``) override its halves when given.
 
     Data: ``train_subset`` trains on that many randomly chosen positions (all when None);
     ``val_fraction`` of them are held out for validation. Patterns are kept in memory when
@@ -66,14 +69,12 @@ class TrainConfig:
 
     preset: str = DEFAULT_PRESET
     model: ModelConfig | None = None
+    objective: ObjectiveConfig | None = None
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     epochs: int = 10
     batch_size: int = 32
     lr: float = 1e-4
     weight_decay: float = 0.0
-    lambda_act: float | None = None
-    lambda_sim: float | None = None
-    lambda_div: float | None = None
     train_subset: int | None = None
     val_fraction: float = 0.1
     seed: int = 0
@@ -97,10 +98,11 @@ class TrainConfig:
     bn_recalibration_patterns: int = 256
 
     def __post_init__(self) -> None:
-        if self.model is None:
-            get_preset(self.preset)  # raises a clear error for an unknown preset
-        elif isinstance(self.model, dict):
+        get_preset(self.preset)  # raises a clear error for an unknown preset
+        if isinstance(self.model, dict):
             object.__setattr__(self, "model", ModelConfig.from_dict(self.model))
+        if isinstance(self.objective, dict):
+            object.__setattr__(self, "objective", ObjectiveConfig.from_dict(self.objective))
         if isinstance(self.preprocess, dict):
             object.__setattr__(self, "preprocess", PreprocessConfig.from_dict(self.preprocess))
         if self.checkpoint_path is not None:
@@ -137,17 +139,12 @@ class TrainConfig:
         _check_device(str(self.device))
 
     def model_config(self) -> ModelConfig:
-        """The model configuration this run trains (``model`` if given, else the preset)."""
-        return self.model if self.model is not None else get_preset(self.preset)
+        """The architecture this run trains (``model`` if given, else the preset's)."""
+        return self.model if self.model is not None else get_preset(self.preset).model
 
-    def lambdas(self) -> dict[str, float]:
-        """The loss weights in effect (explicit values, else the model config's)."""
-        cfg = self.model_config()
-        return {
-            "lambda_act": cfg.lambda_act if self.lambda_act is None else float(self.lambda_act),
-            "lambda_sim": cfg.lambda_sim if self.lambda_sim is None else float(self.lambda_sim),
-            "lambda_div": cfg.lambda_div if self.lambda_div is None else float(self.lambda_div),
-        }
+    def objective_config(self) -> ObjectiveConfig:
+        """The loss this run trains with (``objective`` if given, else the preset's)."""
+        return self.objective if self.objective is not None else get_preset(self.preset).objective
 
     def replace(self, **changes: Any) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
@@ -156,7 +153,7 @@ class TrainConfig:
         out: dict[str, Any] = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.name == "model":
+            if f.name in ("model", "objective"):
                 value = None if value is None else value.to_dict()
             elif f.name == "preprocess":
                 value = value.to_dict()
@@ -168,6 +165,8 @@ class TrainConfig:
         kwargs = checked_fields(cls, data, "training config")
         if kwargs.get("model") is not None:
             kwargs["model"] = ModelConfig.from_dict(kwargs["model"])
+        if kwargs.get("objective") is not None:
+            kwargs["objective"] = ObjectiveConfig.from_dict(kwargs["objective"])
         if kwargs.get("preprocess") is not None:
             kwargs["preprocess"] = PreprocessConfig.from_dict(kwargs["preprocess"])
         return cls(**kwargs)

@@ -32,20 +32,18 @@ from ..data.preprocess import Preprocessor
 from ..model.autoencoder import Autoencoder
 from ..model.batchnorm import recalibrate_batchnorm
 from ..model.config import MIN_INPUT_SIZE
+from ..objective.objective import Objective
 from . import distributed as ddp
-from .checkpoints import CheckpointError, load_checkpoint, save_checkpoint
+from .checkpoints import CheckpointError, load_checkpoint, save_checkpoint, trained_model
 from .config import TrainConfig
 from .data import (CachedPatterns, StreamedPatterns, fit_preprocessor_on, preview_grid,
                    reference_positions, split_positions, stack_batch)
 from .device import Precision, choose_precision, resolve_device
 from .events import (BatchEnd, CheckpointSaved, EpochEnd, Event, Failed, Finished, Preview,
                      Started)
-from ..objective.graph_teacher import MIN_PATTERNS as MIN_GRAPH_PATTERNS
-from ..objective.graph_teacher import DiffusionTeacher
 
 log = logging.getLogger(__name__)
 
-LOSS_KEYS = ("total", "mse", "l1", "contrastive", "divergence", "balance", "correlation", "graph")
 _PREVIEW_MAX_BYTES = 256 * 1024**2
 
 
@@ -109,9 +107,9 @@ def _reference_patterns(train_ds, preprocessor, reference_raw: np.ndarray | None
                         seed: int, max_patterns: int = 1024) -> torch.Tensor:
     """Up to ``max_patterns`` preprocessed training patterns (N, H, W), a seeded random subset.
 
-    What the data-derived buffers (output prior, balanced loss) are computed from: taken from
-    the cache when the training patterns are cached, otherwise the raw patterns the
-    preprocessor was fitted on (read once, at the same positions), preprocessed.
+    What the data-fitted state (output prior, objective) is computed from: taken from the
+    cache when the training patterns are cached, otherwise the raw patterns the preprocessor
+    was fitted on (read once, at the same positions), preprocessed.
     """
     if isinstance(train_ds, CachedPatterns):
         # the same positions: the cache holds the training positions in order
@@ -120,69 +118,23 @@ def _reference_patterns(train_ds, preprocessor, reference_raw: np.ndarray | None
     return torch.from_numpy(preprocessor.transform_patterns(reference_raw))
 
 
-def _set_data_buffers(model: Autoencoder, patterns: torch.Tensor) -> None:
-    """Fit the config's data-derived buffers (no parameters) on reference patterns."""
-    if model.config.output_prior == "mean_pattern":
-        model.set_output_prior(patterns.mean(dim=0))
-    elif model.config.output_prior == "mean_and_level":
-        model.set_level_prior(patterns)
-    if model.config.reconstruction_weighting == "pca_balanced":
-        kept = model.set_loss_balance(patterns)
-        log.info("balanced loss: %d principal directions weighted up to the first's variance",
-                 kept)
-
-
-def _fit_teacher(model: Autoencoder, patterns: torch.Tensor,
-                 device: torch.device) -> DiffusionTeacher | None:
-    """The graph teacher of a config with ``graph_weight > 0``, on the reference patterns
-    (``None``, with a warning, when the graph would have no structure)."""
-    cfg = model.config
-    if patterns.shape[0] < MIN_GRAPH_PATTERNS:
-        log.warning("graph teacher skipped: %d training patterns, a graph needs at least %d",
-                    patterns.shape[0], MIN_GRAPH_PATTERNS)
-        return None
-    t0 = time.perf_counter()
-    teacher = DiffusionTeacher(patterns, cfg.graph_neighbours, cfg.graph_diffusion_time,
-                               cfg.graph_components, cfg.latent_dim)
-    if not teacher.has_structure:
-        log.warning("graph teacher skipped: the %d-neighbour graph of %d training patterns has "
-                    "no slow modes (every pattern is every other's neighbour)",
-                    cfg.graph_neighbours, patterns.shape[0])
-        return None
-    teacher.to(device)
-    log.info("graph teacher: diffusion map of %d reference patterns in %.1f s",
-             patterns.shape[0], time.perf_counter() - t0)
-    return teacher
-
-
-def _add_graph_term(losses: dict[str, torch.Tensor], teacher: DiffusionTeacher | None,
-                    weight: float, x: torch.Tensor, z: torch.Tensor) -> None:
-    """Put the graph teacher's term (0 without one) into ``losses`` and its weight into the total."""
-    if teacher is None:
-        losses["graph"] = losses["mse"].new_zeros(())
-        return
-    losses["graph"] = teacher.loss(x, z)
-    losses["total"] = losses["total"] + weight * losses["graph"]
-
-
 @torch.inference_mode()
-def _evaluate(model: Autoencoder, loader: DataLoader, device: torch.device,
-              precision: Precision, lambdas: dict[str, float],
-              ctx: ddp.DistContext, teacher: DiffusionTeacher | None = None) -> dict[str, float]:
-    sums = torch.zeros(len(LOSS_KEYS) + 1, dtype=torch.float64)
+def _evaluate(model: Autoencoder, objective: Objective, loader: DataLoader, device: torch.device,
+              precision: Precision, ctx: ddp.DistContext) -> dict[str, float]:
+    names = objective.names
+    sums = torch.zeros(len(names) + 1, dtype=torch.float64)
     for x in loader:
         x = precision.prepare_input(x.to(device, non_blocking=True))
         with precision.autocast():
             x_hat, z = model.encode_decode(x)
-        losses = model.compute_loss(x, x_hat, z, **lambdas)
-        _add_graph_term(losses, teacher, model.config.graph_weight, x, z)
+        losses = objective(x, x_hat, z)
         n = x.shape[0]
-        sums[:-1] += torch.stack([losses[k].detach().double().cpu() for k in LOSS_KEYS]) * n
+        sums[:-1] += torch.stack([losses[k].detach().double().cpu() for k in names]) * n
         sums[-1] += n
     sums = ddp.sum_over_ranks(sums.to(device), ctx).cpu()
     if sums[-1] == 0:
         return {}
-    return {k: float(v) for k, v in zip(LOSS_KEYS, (sums[:-1] / sums[-1]).tolist())}
+    return {k: float(v) for k, v in zip(names, (sums[:-1] / sums[-1]).tolist())}
 
 
 def train(
@@ -206,7 +158,6 @@ def train(
     ctx = ddp.current()
     device = _device_for_rank(config, ctx)
     precision = choose_precision(device, config.amp, config.channels_last)
-    lambdas = config.lambdas()
 
     # -- data and preprocessing --------------------------------------------------------
     resumed = None
@@ -249,22 +200,23 @@ def train(
     model_config = resumed.model.config if resumed is not None else config.model_config()
     model = Autoencoder(latent_dim=model_config.latent_dim, out_shape=input_shape,
                         config=model_config)
-    teacher = None
     if resumed is not None:
         model.load_state_dict(resumed.model.state_dict())
-        if model_config.graph_weight > 0 and not cached:
-            # the teacher is not saved: fit it again on the same reference positions
+        objective = resumed.objective  # fitted with the model (refitted below if it is not)
+    else:
+        objective = Objective(config.objective_config(), model_config.latent_dim)
+    fit_prior = resumed is None and model_config.output_prior != "none"
+    if fit_prior or not objective.fitted:
+        if reference_raw is None and not cached:  # resuming an unfitted objective, streamed
             reference_raw = view.patterns(reference_positions(split.train, seed=config.seed))
-    needs_buffers = resumed is None and (model_config.output_prior != "none"
-                                         or model_config.reconstruction_weighting == "pca_balanced")
-    if needs_buffers or model_config.graph_weight > 0:
         reference = _reference_patterns(train_ds, preprocessor, reference_raw, config.seed)
-        if needs_buffers:
-            _set_data_buffers(model, reference)
-        if model_config.graph_weight > 0:
-            teacher = _fit_teacher(model, reference, device)
+        if fit_prior:
+            model.set_output_prior(reference.mean(dim=0))
+        if not objective.fitted:
+            objective.fit(reference)
         del reference
     del reference_raw
+    objective.to(device)
     use_sync_bn = ctx.enabled and device.type == "cuda" and config.sync_batchnorm in (True, "auto")
     if use_sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -352,6 +304,7 @@ def train(
                        positions_step=p_step)
 
     checkpoint_path = Path(config.checkpoint_path) if config.checkpoint_path else None
+    run_extra = {"world_size": ctx.world_size, "device": str(device)}  # kept with the model
     last_checkpoint: str | None = None
 
     def write_checkpoint(epochs_done: int) -> CheckpointSaved | None:
@@ -359,14 +312,17 @@ def train(
         if checkpoint_path is None or not ctx.is_main:
             return None
         save_checkpoint(
-            checkpoint_path, model, preprocessor, config, history, optimizer=optimizer,
+            checkpoint_path, model, preprocessor, config, history, objective=objective,
+            optimizer=optimizer,
             scheduler_state=scheduler.state_dict() if scheduler is not None else None,
             epoch=epochs_done, global_step=global_step, input_shape=input_shape,
-            extra={"world_size": ctx.world_size, "device": str(device)})
+            extra=run_extra)
         last_checkpoint = str(checkpoint_path)
         return CheckpointSaved(path=last_checkpoint, epoch=epochs_done)
 
-    yield Started(config=config, n_train=int(split.train.size), n_val=int(split.val.size),
+    loss_names = objective.names
+    yield Started(config=config, loss_names=loss_names, n_train=int(split.train.size),
+                  n_val=int(split.val.size),
                   steps_per_epoch=steps_per_epoch, epochs=config.epochs, device=str(device),
                   input_shape=tuple(input_shape), scan_shape=tuple(view.scan_shape),
                   start_epoch=start_epoch, world_size=ctx.world_size, cached=cached)
@@ -381,21 +337,20 @@ def train(
         model.train()
         for epoch in range(start_epoch, config.epochs):
             sampler.set_epoch(epoch)
-            sums = torch.zeros(len(LOSS_KEYS) + 1, dtype=torch.float64)
+            sums = torch.zeros(len(loss_names) + 1, dtype=torch.float64)
             t_batch = time.perf_counter()
             for step, x in enumerate(loader):
                 x = precision.prepare_input(x.to(device, non_blocking=True))
                 with precision.autocast():
                     x_hat, z = step_module(x)
-                losses = model.compute_loss(x, x_hat, z, **lambdas)
-                _add_graph_term(losses, teacher, model_config.graph_weight, x, z)
-                values = torch.stack([losses[k].detach().double() for k in LOSS_KEYS]).cpu()
+                losses = objective(x, x_hat, z)
+                values = torch.stack([losses[k].detach().double() for k in loss_names]).cpu()
                 timed_out = deadline is not None and time.monotonic() > deadline
                 stop_now, out_of_time, non_finite = ddp.agree(
                     [stop.is_set(), timed_out, not bool(torch.isfinite(values).all())],
                     ctx, device)
                 if non_finite:
-                    bad = {k: float(v) for k, v in zip(LOSS_KEYS, values.tolist())
+                    bad = {k: float(v) for k, v in zip(loss_names, values.tolist())
                            if not math.isfinite(v)}
                     where = (f"the last good checkpoint {last_checkpoint} was kept"
                              if last_checkpoint else "no checkpoint had been written yet")
@@ -423,7 +378,7 @@ def train(
                 t_batch = now
                 yield BatchEnd(epoch=epoch, step=step, global_step=global_step,
                                steps_per_epoch=steps_per_epoch,
-                               losses={k: float(v) for k, v in zip(LOSS_KEYS, values.tolist())},
+                               losses={k: float(v) for k, v in zip(loss_names, values.tolist())},
                                patterns_per_second=rate)
                 if preview_x is not None and (
                         (config.preview_every_steps and global_step % config.preview_every_steps == 0)
@@ -439,12 +394,13 @@ def train(
             recalibrate()
             ddp.broadcast_buffers(model, ctx)
             sums = ddp.sum_over_ranks(sums.to(device), ctx).cpu()
-            train_means = ({k: float(v) for k, v in zip(LOSS_KEYS, (sums[:-1] / sums[-1]).tolist())}
+            train_means = ({k: float(v) for k, v in
+                            zip(loss_names, (sums[:-1] / sums[-1]).tolist())}
                            if sums[-1] > 0 else {})
             val_means = {}
             if val_loader is not None:
                 model.eval()
-                val_means = _evaluate(model, val_loader, device, precision, lambdas, ctx, teacher)
+                val_means = _evaluate(model, objective, val_loader, device, precision, ctx)
                 model.train()
             lr = float(optimizer.param_groups[0]["lr"])
             monitor = val_means.get("total", train_means.get("total", math.inf))
@@ -488,5 +444,8 @@ def train(
     if saved is not None:
         yield saved
     model.eval()
+    trained = trained_model(model, preprocessor, objective, config, history, epoch=epoch,
+                            global_step=global_step, path=last_checkpoint or "",
+                            input_shape=input_shape, extra=run_extra)
     yield Finished(reason=reason, checkpoint=last_checkpoint, history=history, model=model,
-                   preprocessor=preprocessor)
+                   preprocessor=preprocessor, objective=objective, trained=trained)

@@ -21,6 +21,8 @@ class Started:
     """Training is about to run its first step."""
 
     config: TrainConfig
+    #: the loss terms every BatchEnd/EpochEnd reports, ``total`` first (the objective's names)
+    loss_names: tuple[str, ...]
     n_train: int
     n_val: int
     steps_per_epoch: int
@@ -80,6 +82,10 @@ class Finished:
     history: list[dict[str, Any]] = field(default_factory=list)
     model: Any = field(default=None, repr=False)
     preprocessor: Any = field(default=None, repr=False)
+    objective: Any = field(default=None, repr=False)
+    #: the trained triple described as its checkpoint describes it
+    #: (``training.checkpoints.LoadedModel``; ``path`` is the checkpoint written, if any)
+    trained: Any = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)

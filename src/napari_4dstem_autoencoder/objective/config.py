@@ -1,0 +1,73 @@
+"""The typed, serialisable description of the training objective (every loss weight and form).
+
+One place for every loss setting: presets (``training.presets``) pair an ``ObjectiveConfig`` with
+a ``ModelConfig``, ``TrainConfig.objective`` overrides it, and checkpoints carry it as JSON.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from .._fields import checked_fields
+
+DivergenceForm = Literal["inverse_variance", "std_hinge_decorrelate"]
+DIVERGENCE_FORMS = ("inverse_variance", "std_hinge_decorrelate")
+
+
+@dataclass(frozen=True)
+class ObjectiveConfig:
+    """``L = MSE + λ_act·mean|z| + λ_sim·L_sim + λ_div·L_div + graph_weight·L_graph``.
+
+    The defaults are the seed document's (``objective.terms`` has each term's formula):
+
+    contrastive_margin:
+        cosine similarity above which pairs of embeddings are penalised (seed: 1.0, which never
+        fires because embeddings are non-negative and cosine <= 1).
+    divergence_form / divergence_eps:
+        ``"inverse_variance"`` is the seed's ``mean(1 / (var + eps))``;
+        ``"std_hinge_decorrelate"`` is VICReg's variance and covariance terms, bounded in value
+        and gradient, so it cannot swamp the MSE.
+    graph_weight / graph_*:
+        weight of the graph teacher (0: off). It is fitted on the reference patterns: diffusion
+        map of their ``graph_neighbours``-nearest-neighbour graph at diffusion time
+        ``graph_diffusion_time``, ``graph_components`` coordinates (``objective.graph_teacher``).
+    """
+
+    lambda_act: float = 1e-4
+    lambda_sim: float = 5e-5
+    contrastive_margin: float = 1.0
+    lambda_div: float = 2e-4
+    divergence_form: DivergenceForm = "inverse_variance"
+    divergence_eps: float = 1e-8
+    graph_weight: float = 0.0
+    graph_neighbours: int = 15
+    graph_diffusion_time: float = 64.0
+    graph_components: int = 16
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.divergence_form in DIVERGENCE_FORMS,
+             f"unknown divergence_form {self.divergence_form!r}; use one of {DIVERGENCE_FORMS}"),
+            (self.divergence_eps > 0, "divergence_eps must be positive"),
+            (min(self.lambda_act, self.lambda_sim, self.lambda_div) >= 0,
+             "loss weights (lambda_act, lambda_sim, lambda_div) must be non-negative"),
+            (self.graph_weight >= 0, "graph_weight must be non-negative"),
+            (int(self.graph_neighbours) >= 1, "graph_neighbours must be at least 1"),
+            (self.graph_diffusion_time >= 0, "graph_diffusion_time must be non-negative"),
+            (int(self.graph_components) >= 1, "graph_components must be at least 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ObjectiveConfig":
+        return cls(**checked_fields(cls, data, "objective config"))
+
+    def replace(self, **changes: Any) -> "ObjectiveConfig":
+        return dataclasses.replace(self, **changes)
