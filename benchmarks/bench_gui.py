@@ -1,26 +1,48 @@
-"""GUI responsiveness: Qt event-loop lateness while training runs, and click-to-inspector time.
+"""GUI responsiveness: Qt event-loop lateness while the Train dock trains, against idle, and
+click-to-inspector time, in one napari session.
 
-Run under a display (or ``xvfb-run -a python benchmarks/bench_gui.py``). Prints:
+1. Lateness of a 10 ms repeating QTimer (p50 / p95 / mean / max, ms, and the share of ticks
+   later than a 60 Hz frame) while idle and while CPU training runs in the Train dock's
+   worker, in the same run, with their difference.
+2. Click to inspector drawn (probe click -> raw | reconstruction | difference), median and
+   p95 over several clicks, per pattern size and preset (untrained weights: the cost does not
+   depend on training).
 
-1. lateness of a 10 ms repeating QTimer (p50 / p95 / max, ms) while idle and while CPU
-   training runs in the Train dock's worker, in the same run, and their ratio;
-2. click-to-inspector time (probe click -> raw | reconstruction | difference drawn), median and
-   p95 over several clicks, at 64x64 and 128x128 patterns, for the chosen presets (untrained
-   weights: the cost does not depend on training).
+Needs an X display (``xvfb-run -a``; Qt's offscreen platform has no OpenGL for napari)::
 
-Nothing here is asserted: figures are printed side by side, with torch's thread count.
+    xvfb-run -a python benchmarks/bench_gui.py            # ~5 min on 2 cores
+    xvfb-run -a python benchmarks/bench_gui.py --quick    # ~2 min
+
+Writes ``benchmarks/results/bench_gui.json``. Nothing is asserted.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-PLUGIN = "napari-4dstem-autoencoder"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _record import Column, print_table, save, settings_of  # noqa: E402
+
+from napari_4dstem_autoencoder.gui.keys import PLUGIN  # noqa: E402
+from napari_4dstem_autoencoder.training.presets import DEFAULT_PRESET, PRESETS  # noqa: E402
+
+FRAME_MS = 1000 / 60
+
+
+def wait_until(app, done, timeout_s: float = 600.0, sleep_s: float = 0.0005) -> None:
+    """Process Qt events until ``done()`` is true."""
+    end = time.monotonic() + timeout_s
+    while not done():
+        if time.monotonic() > end:
+            raise TimeoutError("the GUI did not get there in time")
+        app.processEvents()
+        time.sleep(sleep_s)
 
 
 def lateness(app, seconds: float, interval_ms: int = 10) -> np.ndarray:
@@ -39,26 +61,21 @@ def lateness(app, seconds: float, interval_ms: int = 10) -> np.ndarray:
         app.processEvents()
         time.sleep(0.0005)
     timer.stop()
-    gaps = np.diff(np.asarray(ticks))
-    return np.maximum(gaps - interval_ms, 0.0)
+    return np.maximum(np.diff(np.asarray(ticks)) - interval_ms, 0.0)
 
 
-def summarise(name: str, late: np.ndarray) -> tuple[float, float, float]:
+def lateness_row(window: str, late: np.ndarray) -> dict:
     p50, p95 = np.percentile(late, [50, 95])
-    over = 100.0 * np.mean(late > 16.0)
-    print(f"  {name:<26} ticks {late.size:5d}   p50 {p50:6.2f} ms   p95 {p95:6.2f} ms   "
-          f"mean {late.mean():6.2f} ms   max {late.max():7.1f} ms   late >16 ms: {over:4.1f}%")
-    return float(p50), float(p95), float(late.mean())
+    return {"measure": "lateness", "window": window, "ticks": int(late.size), "p50_ms": p50,
+            "p95_ms": p95, "mean_ms": late.mean(), "max_ms": late.max(),
+            "late_frame_pct": 100.0 * np.mean(late > FRAME_MS)}
 
 
-def bench_lateness(args: argparse.Namespace) -> None:
+def open_training_viewer(args: argparse.Namespace):
+    """A viewer with the sample open, cropped to ``--train-grid``, and the Train dock set up."""
     import napari
 
-    from napari_4dstem_autoencoder.gui.state import get_state
-    from napari_4dstem_autoencoder.training import events as ev
-
     viewer = napari.Viewer(show=True)
-    app = napari.qt.get_qapp()
     viewer.open_sample(PLUGIN, "stem4d_sample")
     _d, data = viewer.window.add_plugin_dock_widget(PLUGIN, "Data")
     _t, train = viewer.window.add_plugin_dock_widget(PLUGIN, "Train")
@@ -70,114 +87,155 @@ def bench_lateness(args: argparse.Namespace) -> None:
     train.device.setCurrentText("cpu")
     train.embed_after.setChecked(False)
     train.preview_seconds = 2.0
+    return viewer, train
+
+
+def bench_lateness(args: argparse.Namespace) -> list[dict]:
+    import napari
+
+    from napari_4dstem_autoencoder.training import events as ev
+
+    app = napari.qt.get_qapp()
+    viewer, train = open_training_viewer(args)
     for _ in range(20):
         app.processEvents()
-
-    print(f"\n[1] Qt event-loop lateness of a 10 ms QTimer ({args.seconds:.0f} s each)")
-    idle = summarise("idle", lateness(app, args.seconds))
+    idle = lateness_row("idle", lateness(app, args.seconds))
     batches: list[float] = []
-    train.event_handled.connect(lambda e: batches.append(time.monotonic())
-                                if isinstance(e, ev.BatchEnd) else None)
+    train.event_handled.connect(
+        lambda e: batches.append(time.monotonic()) if isinstance(e, ev.BatchEnd) else None)
     train.start()
-    t0 = time.monotonic()
-    while not batches and time.monotonic() - t0 < 600:  # wait for the first optimiser step
-        app.processEvents()
-        time.sleep(0.005)
-    busy_late = lateness(app, args.seconds)
-    busy = summarise("while training (worker)", busy_late)
-    n_batches = len(batches)
+    wait_until(app, lambda: bool(batches), sleep_s=0.005)  # the first optimiser step
+    busy = lateness_row("training (worker)", lateness(app, args.seconds))
+    busy["batches"] = len(batches)
     train.stop()
-    while train.running:
-        app.processEvents()
-        time.sleep(0.01)
-    print(f"  training - idle: p50 {busy[0] - idle[0]:+.2f} ms, p95 {busy[1] - idle[1]:+.2f} ms, "
-          f"mean {busy[2] - idle[2]:+.2f} ms; {n_batches} batches of {args.batch_size} "
-          f"({args.train_preset}, 64x64 patterns) ran during the measurement")
-    get_state(viewer)
+    wait_until(app, lambda: not train.running, sleep_s=0.01)
     viewer.close()
+    for key in ("p50_ms", "p95_ms", "mean_ms"):
+        busy[key.replace("_ms", "_minus_idle_ms")] = busy[key] - idle[key]
+    return [idle, busy]
 
 
-def bench_inspector(args: argparse.Namespace) -> None:
+def clicks_to_inspector(app, state, inspector, n_clicks: int, scan: int) -> tuple[list, list]:
+    """(raw drawn ms, reconstruction drawn ms) of each click after the first (torch warm-up)."""
+    rng = np.random.default_rng(0)
+    raw_ms, recon_ms = [], []
+    for i in range(n_clicks + 1):
+        done: list[float] = []
+        inspector.updated.connect(lambda: done.append(time.perf_counter()))
+        pos = tuple(int(p) for p in rng.integers(0, scan, size=2))
+        t0 = time.perf_counter()
+        state.set_position(*pos)  # the raw pattern is drawn on return
+        t_raw = time.perf_counter()
+        wait_until(app, lambda: bool(done) and inspector.recon_image is not None
+                   and inspector.position == pos and not inspector._decoder.busy)
+        inspector.updated.disconnect()
+        if i:
+            raw_ms.append((t_raw - t0) * 1e3)
+            recon_ms.append((done[-1] - t0) * 1e3)
+    return raw_ms, recon_ms
+
+
+def inspector_row(size: int, preset: str, ckpt: Path, dataset, args: argparse.Namespace) -> dict:
     import napari
-    import torch
 
-    from napari_4dstem_autoencoder.gui.state import get_state
     from napari_4dstem_autoencoder.gui.hooks import dataset_layers
+    from napari_4dstem_autoencoder.gui.state import get_state
+
+    app = napari.qt.get_qapp()
+    viewer = napari.Viewer(show=True)
+    for data, kwargs, kind in dataset_layers(dataset, name=f"sample {size}"):
+        getattr(viewer, f"add_{kind}")(data, **kwargs)
+    _i, inspector = viewer.window.add_plugin_dock_widget(PLUGIN, "Inspector")
+    _m, model_dock = viewer.window.add_plugin_dock_widget(PLUGIN, "Model")
+    state = get_state(viewer)
+    model_dock.load_checkpoint(ckpt)
+    wait_until(app, lambda: state.model is not None, sleep_s=0.005)
+    raw_ms, recon_ms = clicks_to_inspector(app, state, inspector, args.clicks, args.scan)
+    decode_s = inspector.last_decode_s
+    viewer.close()
+    return {"measure": "inspector", "size": size, "preset": preset,
+            "raw_median_ms": float(np.median(raw_ms)),
+            "recon_median_ms": float(np.median(recon_ms)),
+            "recon_p95_ms": float(np.percentile(recon_ms, 95)),
+            "decode_ms": decode_s * 1e3, "path": "sync" if decode_s < 0.05 else "worker"}
+
+
+def bench_inspector(args: argparse.Namespace) -> list[dict]:
     from napari_4dstem_autoencoder.data.preprocess import PreprocessConfig, Preprocessor
     from napari_4dstem_autoencoder.data.sample import make_sample_dataset
     from napari_4dstem_autoencoder.model.autoencoder import Autoencoder
-    from napari_4dstem_autoencoder.model.config import get_preset
     from napari_4dstem_autoencoder.training.checkpoints import save_checkpoint
 
-    app = napari.qt.get_qapp()
-    print(f"\n[2] click -> inspector drawn (raw read + one encode/decode), {args.clicks} clicks")
-    tmp = Path(tempfile.mkdtemp(prefix="bench-gui-"))
-    for size in (64, 128):
-        ds = make_sample_dataset(scan_shape=(16, 16), detector_shape=(size, size))
-        prep = Preprocessor.fit(ds, PreprocessConfig(), max_patterns=64)
-        for preset in args.presets:
-            model = Autoencoder(out_shape=(size, size), config=get_preset(preset)).eval()
-            ckpt = save_checkpoint(tmp / f"{preset}-{size}.safetensors", model, prep,
-                                   input_shape=(size, size))
-            viewer = napari.Viewer(show=True)
-            for data, kwargs, kind in dataset_layers(ds, name=f"sample {size}"):
-                getattr(viewer, f"add_{kind}")(data, **kwargs)
-            _i, inspector = viewer.window.add_plugin_dock_widget(PLUGIN, "Inspector")
-            _m, model_dock = viewer.window.add_plugin_dock_widget(PLUGIN, "Model")
-            state = get_state(viewer)
-            model_dock.load_checkpoint(ckpt)
-            while state.model is None:
-                app.processEvents()
-                time.sleep(0.005)
-            times, raw_times = [], []
-            rng = np.random.default_rng(0)
-            for i in range(args.clicks + 1):
-                done = []
-                inspector.updated.connect(lambda: done.append(time.perf_counter()))
-                pos = rng.integers(0, 16, size=2)
-                t0 = time.perf_counter()
-                state.set_position(int(pos[0]), int(pos[1]))  # raw pattern drawn on return
-                t_raw = time.perf_counter()
-                while not (done and inspector.recon_image is not None
-                           and inspector.position == tuple(int(p) for p in pos)
-                           and not inspector._decoder.busy):
-                    app.processEvents()
-                    time.sleep(0.0005)
-                inspector.updated.disconnect()
-                if i:  # the first click warms up torch
-                    times.append((done[-1] - t0) * 1e3)
-                    raw_times.append((t_raw - t0) * 1e3)
-            t = np.asarray(times)
-            path = "sync" if inspector.last_decode_s < 0.05 else "worker"
-            print(f"  {size}x{size}  {preset:<9} raw pattern drawn: median {np.median(raw_times):6.1f} ms"
-                  f"   + reconstruction: median {np.median(t):7.1f} ms, p95 "
-                  f"{np.percentile(t, 95):7.1f} ms   (encode+decode {inspector.last_decode_s * 1e3:.0f} ms,"
-                  f" {path} path)")
-            viewer.close()
-    print(f"  torch threads: {torch.get_num_threads()}")
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-gui-") as tmp:
+        for size in args.sizes:
+            ds = make_sample_dataset(scan_shape=(args.scan, args.scan), detector_shape=(size, size))
+            prep = Preprocessor.fit(ds, PreprocessConfig(), max_patterns=64)
+            for preset in args.presets:
+                model = Autoencoder(out_shape=(size, size), config=PRESETS[preset].model).eval()
+                ckpt = save_checkpoint(Path(tmp) / f"{preset}-{size}.safetensors", model, prep,
+                                       input_shape=(size, size))
+                rows.append(inspector_row(size, preset, ckpt, ds, args))
+    return rows
 
 
-def main() -> None:
-    from napari_4dstem_autoencoder.model.config import DEFAULT_PRESET, PRESETS
+LATENESS_COLUMNS = [Column("window"), Column("ticks"), Column("p50_ms", ".2f", "p50 ms"),
+                    Column("p95_ms", ".2f", "p95 ms"), Column("mean_ms", ".2f", "mean ms"),
+                    Column("max_ms", ".1f", "max ms"),
+                    Column("late_frame_pct", ".1f", "% later than 16.7 ms"),
+                    Column("batches"), Column("p95_minus_idle_ms", "+.2f", "p95 - idle ms")]
+INSPECTOR_COLUMNS = [Column("size"), Column("preset"), Column("raw_median_ms", ".1f", "raw ms"),
+                     Column("recon_median_ms", ".1f", "recon median ms"),
+                     Column("recon_p95_ms", ".1f", "recon p95 ms"),
+                     Column("decode_ms", ".0f", "encode+decode ms"), Column("path")]
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=10.0, help="length of each lateness window")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--train-preset", default=DEFAULT_PRESET, choices=sorted(PRESETS))
-    parser.add_argument("--train-grid", type=int, default=16, help="train on an N x N scan crop")
-    parser.add_argument("--presets", nargs="+", default=sorted(PRESETS), choices=sorted(PRESETS))
-    parser.add_argument("--clicks", type=int, default=10)
-    parser.add_argument("--skip-lateness", action="store_true")
-    parser.add_argument("--skip-inspector", action="store_true")
-    args = parser.parse_args()
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: defaults of 2 s windows, 2 clicks, 64x64, the default "
+                        "preset only")
+    p.add_argument("--seconds", type=float, default=None,
+                   help="length of each lateness window (default 10)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--train-preset", default=DEFAULT_PRESET, choices=list(PRESETS))
+    p.add_argument("--train-grid", type=int, default=16, help="train on an N x N scan crop")
+    p.add_argument("--presets", nargs="+", default=None, choices=list(PRESETS),
+                   help="presets whose inspector time is measured (default: all)")
+    p.add_argument("--sizes", type=int, nargs="+", default=None, help="default 64 128")
+    p.add_argument("--scan", type=int, default=16, help="scan side of the inspector's sample")
+    p.add_argument("--clicks", type=int, default=None, help="default 10")
+    p.add_argument("--skip-lateness", action="store_true")
+    p.add_argument("--skip-inspector", action="store_true")
+    args = p.parse_args(argv)
+    quick = {"seconds": 2.0, "clicks": 2, "sizes": [64], "presets": [DEFAULT_PRESET]}
+    full = {"seconds": 10.0, "clicks": 10, "sizes": [64, 128], "presets": list(PRESETS)}
+    for field, value in (quick if args.quick else full).items():
+        if getattr(args, field) is None:
+            setattr(args, field, value)
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
     import torch
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
-          f"train preset {args.train_preset}, batch {args.batch_size}")
+    args = parse_args(argv)
+    rows = []
     if not args.skip_lateness:
-        bench_lateness(args)
+        rows += bench_lateness(args)
+        print_table(rows, LATENESS_COLUMNS,
+                    f"10 ms QTimer lateness, {args.seconds:g} s windows; Train dock: "
+                    f"{args.train_preset}, batch {args.batch_size}, 64x64, {args.train_grid}^2 "
+                    f"positions, a preview every 2 s; torch threads {torch.get_num_threads()}")
     if not args.skip_inspector:
-        bench_inspector(args)
+        inspected = bench_inspector(args)
+        print_table(inspected, INSPECTOR_COLUMNS,
+                    f"click -> inspector drawn (raw read + one encode/decode), "
+                    f"{args.clicks} clicks after a warm-up click")
+        rows += inspected
+    path = save("bench_gui", rows, key=["measure", "window", "size", "preset"], device="cpu",
+                settings=settings_of(args), quick=args.quick)
+    print(f"\nwrote {path}")
 
 
 if __name__ == "__main__":

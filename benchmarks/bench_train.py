@@ -1,33 +1,35 @@
-"""Training and embedding throughput: the engine against a naive fp32 loop, side by side.
+"""Training and embedding throughput: the engine against a naive fp32 loop, and each preset
+against the seed document's, side by side in one run.
 
-For each preset in ``model.config.PRESETS`` and each pattern size (default 64 and 128):
+For each preset (default: all of ``training.presets.PRESETS``) and pattern size:
 
 - naive train: the seed document's loop (``embed(x)`` then ``model(x)``: two encoder passes,
-  fp32, tensors already in memory);
-- engine train: ``training.engine.train`` on a synthetic in-memory scan (one encoder pass;
-  on CUDA bf16 autocast + channels_last, and ``torch.compile(dynamic=False)`` with
-  ``--compile``), measured from its own ``BatchEnd`` events (data loading included);
-- naive embed: ``model.embed`` over in-memory tensors, fp32;
-- engine embed: ``inference.embedding.embed_dataset`` over the lazy scan (reading and
-  preprocessing included).
+  fp32, tensors already in memory), loss from ``objective.Objective`` fitted like the engine's;
+- engine train: ``training.engine.train`` on a synthetic in-memory scan (one encoder pass; on
+  CUDA bf16 autocast + channels_last, and ``torch.compile(dynamic=False)`` with
+  ``--compile``), from its own ``BatchEnd`` events (data loading included);
+- naive embed: ``model.embed`` over tensors in memory, fp32;
+- engine embed: ``inference.embedding.embed_and_score`` over the lazy scan (reading and
+  preprocessing included), per batch from its progress callback.
 
-Figures are medians over the timed steps, in patterns per second, with the ratio
-engine / naive. Then, in a fresh process, a scan stored on disk as HDF5 and larger than
-``--mem-cap`` is embedded and the peak resident memory is printed next to the file size.
+Figures are medians over the timed steps, in patterns per second; ratios are engine / naive
+and engine train / the seed preset's engine train at the same size. Then, in a fresh process,
+two scans stored as HDF5, of ``--mem-file`` MiB and twice that, are embedded and the growth of
+peak resident memory of each is printed (bounded memory: it must not grow with the file).
 
-    python benchmarks/bench_train.py                    # CPU, ~5 min on 2 cores
-    python benchmarks/bench_train.py --device cuda --compile --batch-size 128 --steps 20
+    python benchmarks/bench_train.py                 # CPU: ~5 min on 2 cores; --quick: ~40 s
+    python benchmarks/bench_train.py --device cuda   # add --compile for torch.compile
+
+Writes ``benchmarks/results/bench_train.<device>[.compile].json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import statistics
-import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -35,15 +37,24 @@ import dask.array as da
 import numpy as np
 import torch
 
-from napari_4dstem_autoencoder.inference.embedding import embed_dataset
-from napari_4dstem_autoencoder.data.dataset import Dataset4D
-from napari_4dstem_autoencoder.data.preprocess import PreprocessConfig, Preprocessor
-from napari_4dstem_autoencoder.model.autoencoder import Autoencoder
-from napari_4dstem_autoencoder.model.config import PRESETS
-from napari_4dstem_autoencoder.training.config import TrainConfig
-from napari_4dstem_autoencoder.training.device import resolve_device
-from napari_4dstem_autoencoder.training.engine import train
-from napari_4dstem_autoencoder.training.events import BatchEnd, Failed
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _record import (Column, median, print_table, ratio, run_isolated, save,  # noqa: E402
+                     settings_of)
+
+from napari_4dstem_autoencoder.data.dataset import Dataset4D  # noqa: E402
+from napari_4dstem_autoencoder.data.preprocess import PreprocessConfig, Preprocessor  # noqa: E402
+from napari_4dstem_autoencoder.inference.embedding import embed_and_score  # noqa: E402
+from napari_4dstem_autoencoder.model.autoencoder import Autoencoder  # noqa: E402
+from napari_4dstem_autoencoder.model.summary import macs_per_pattern  # noqa: E402
+from napari_4dstem_autoencoder.objective import Objective  # noqa: E402
+from napari_4dstem_autoencoder.training.config import TrainConfig  # noqa: E402
+from napari_4dstem_autoencoder.training.device import resolve_device  # noqa: E402
+from napari_4dstem_autoencoder.training.engine import train  # noqa: E402
+from napari_4dstem_autoencoder.training.events import BatchEnd, Failed  # noqa: E402
+from napari_4dstem_autoencoder.training.presets import PRESETS, Preset  # noqa: E402
+
+#: positions of the synthetic scan at least (so the graph teacher has a graph to fit)
+MIN_POSITIONS = 256
 
 
 def synthetic_scan(n_positions: int, size: int, seed: int = 0) -> np.ndarray:
@@ -63,113 +74,137 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def naive_train(preset: str, size: int, batch: int, steps: int, warmup: int,
-                device: torch.device, x_all: torch.Tensor) -> float:
+def naive_setup(preset: Preset, x_all: torch.Tensor, device: torch.device
+                ) -> tuple[Autoencoder, Objective]:
+    """The preset's model and objective, fitted on the patterns as the engine fits them."""
     torch.manual_seed(0)
-    model = Autoencoder(out_shape=(size, size), config=preset).to(device).train()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    rates = []
-    for i in range(warmup + steps):
+    model = Autoencoder(out_shape=tuple(x_all.shape[-2:]), config=preset.model)
+    if preset.model.output_prior != "none":
+        model.set_output_prior(x_all[:, 0].mean(dim=0))
+    objective = Objective(preset.objective, preset.model.latent_dim)
+    objective.fit(x_all[:1024, 0])
+    return model.to(device), objective.to(device)
+
+
+def naive_train(preset: Preset, x_all: torch.Tensor, args: argparse.Namespace,
+                device: torch.device) -> list[float]:
+    model, objective = naive_setup(preset, x_all, device)
+    model.train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    batch, rates = args.batch_size, []
+    for i in range(args.warmup + args.steps):
         x = x_all[(i * batch) % len(x_all):][:batch].to(device)
         sync(device)
         t = time.perf_counter()
-        z = model.embed(x)  # the seed document's usage: encoder twice per step
+        z = model.embed(x)  # the seed document's usage: the encoder twice per step
         x_hat = model(x)
-        loss = model.compute_loss(x, x_hat, z)["total"]
+        loss = objective(x, x_hat, z)["total"]
         opt.zero_grad()
         loss.backward()
         opt.step()
         sync(device)
-        if i >= warmup:
+        if i >= args.warmup:
             rates.append(batch / (time.perf_counter() - t))
-    return statistics.median(rates)
+    return rates
 
 
-@torch.no_grad()
-def naive_embed(preset: str, size: int, batch: int, steps: int, device: torch.device,
-                x_all: torch.Tensor) -> float:
-    model = Autoencoder(out_shape=(size, size), config=preset).to(device).eval()
+@torch.inference_mode()
+def naive_embed(preset: Preset, x_all: torch.Tensor, args: argparse.Namespace,
+                device: torch.device) -> list[float]:
+    model = Autoencoder(out_shape=tuple(x_all.shape[-2:]), config=preset.model).to(device).eval()
+    x = x_all[:args.batch_size].to(device)
     rates = []
-    for i in range(steps + 1):
-        x = x_all[:batch].to(device)
+    for i in range(args.warmup + args.steps):
         sync(device)
         t = time.perf_counter()
         model.embed(x)
         sync(device)
-        if i:
-            rates.append(batch / (time.perf_counter() - t))
-    return statistics.median(rates)
+        if i >= args.warmup:
+            rates.append(len(x) / (time.perf_counter() - t))
+    return rates
 
 
-def engine_train(preset: str, dataset: Dataset4D, batch: int, steps: int, warmup: int,
-                 args: argparse.Namespace) -> float:
-    config = TrainConfig(preset=preset, epochs=1, batch_size=batch, val_fraction=0.0,
-                         train_subset=(steps + warmup) * batch, device=args.device,
-                         preview_every_seconds=None, compile=args.compile, seed=0)
+def engine_train(name: str, dataset: Dataset4D, args: argparse.Namespace) -> list[float]:
+    """Rates of the engine's timed steps; the run is stopped after them."""
+    config = TrainConfig(preset=name, epochs=1, batch_size=args.batch_size, val_fraction=0.0,
+                         device=args.device, preview_max_positions=0, compile=args.compile,
+                         lr_schedule="constant", bn_recalibration_patterns=0, seed=0)
+    stop = threading.Event()
     rates = []
-    for event in train(dataset, config):
-        if isinstance(event, BatchEnd) and event.step >= warmup:
-            rates.append(event.patterns_per_second)
-        elif isinstance(event, Failed):
+    for event in train(dataset, config, stop=stop):
+        if isinstance(event, Failed):
             raise RuntimeError(event.reason)
-    return statistics.median(rates)
+        if isinstance(event, BatchEnd):
+            if event.global_step > args.warmup:
+                rates.append(event.patterns_per_second)
+            if event.global_step >= args.warmup + args.steps:
+                stop.set()
+    return rates
 
 
-def engine_embed(preset: str, dataset: Dataset4D, prep: Preprocessor, size: int, batch: int,
-                 device: torch.device) -> float:
-    model = Autoencoder(out_shape=(size, size), config=preset)
-    embed_dataset(model, prep, dataset.with_data(dataset.data[:, :batch]), batch_size=batch,
-                  device=device)  # warm up
-    t = time.perf_counter()
-    embed_dataset(model, prep, dataset, batch_size=batch, device=device)
-    return dataset.n_patterns / (time.perf_counter() - t)
+def engine_embed(preset: Preset, dataset: Dataset4D, prep: Preprocessor,
+                 args: argparse.Namespace, device: torch.device) -> list[float]:
+    """Per-batch rates of one ``embed_and_score`` pass over the first positions of the lazy
+    scan, from its progress callback (the first ``warmup`` batches left out)."""
+    model = Autoencoder(out_shape=prep.output_shape(dataset.detector_shape), config=preset.model)
+    n = (args.warmup + args.steps + 1) * args.batch_size
+    marks: list[tuple[int, float]] = []
+    embed_and_score(model, prep, dataset.with_data(dataset.data[:, :n]),
+                    batch_size=args.batch_size, device=device, score=False,
+                    progress=lambda done, _total: marks.append((done, time.perf_counter())))
+    rates = [(d1 - d0) / (t1 - t0) for (d0, t0), (d1, t1) in zip(marks[:-1], marks[1:])]
+    return rates[args.warmup:]
 
 
-def throughput(args: argparse.Namespace) -> None:
+def measure(name: str, size: int, raw: np.ndarray, args: argparse.Namespace,
+            device: torch.device) -> dict:
+    preset = PRESETS[name]
+    dataset = Dataset4D(da.from_array(raw, chunks=(1, args.batch_size, -1, -1)))
+    prep = Preprocessor.fit(dataset, PreprocessConfig())
+    x_all = torch.from_numpy(prep.transform_patterns(raw[0])).unsqueeze(1)
+    macs = macs_per_pattern(Autoencoder(out_shape=(size, size), config=preset.model),
+                            (1, size, size))["total"]
+    row = {"measure": "throughput", "preset": name, "size": size, "gmacs": macs / 1e9,
+           "naive_train": median(naive_train(preset, x_all, args, device)),
+           "engine_train": median(engine_train(name, dataset, args)),
+           "naive_embed": median(naive_embed(preset, x_all, args, device)),
+           "engine_embed": median(engine_embed(preset, dataset, prep, args, device))}
+    row["train_ratio"] = ratio(row["engine_train"], row["naive_train"])
+    row["embed_ratio"] = ratio(row["engine_embed"], row["naive_embed"])
+    return row
+
+
+THROUGHPUT_COLUMNS = [
+    Column("preset"), Column("size"), Column("gmacs", ".2f", "GMAC/pattern"),
+    Column("naive_train", ".2f", "naive train/s"), Column("engine_train", ".2f", "engine train/s"),
+    Column("train_ratio", ".2f", "engine/naive"), Column("vs_seed", ".2f", "vs seed"),
+    Column("naive_embed", ".1f", "naive embed/s"), Column("engine_embed", ".1f", "engine embed/s"),
+    Column("embed_ratio", ".2f", "engine/naive"),
+]
+
+
+def throughput(args: argparse.Namespace) -> list[dict]:
     device = resolve_device(args.device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # the naive loop is "fp32 (TF32)"
         torch.backends.cudnn.allow_tf32 = True
-    batch = args.batch_size
-    n = (args.steps + args.warmup) * batch
-    print(f"device {device}"
-          + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
-          + f", torch {torch.__version__}, threads {torch.get_num_threads()}, batch {batch}, "
-          f"timed steps {args.steps} (+{args.warmup} warm-up)")
-    print("engine: one encoder pass/step"
-          + (", bf16 autocast + channels_last" if device.type == "cuda" else ", fp32")
-          + (", torch.compile(dynamic=False)" if args.compile else ""))
-    header = (f"{'preset':<10}{'size':>6}{'naive train':>13}{'engine train':>14}{'ratio':>8}"
-              f"{'naive embed':>13}{'engine embed':>14}{'ratio':>8}")
-    print(header)
-    print("-" * len(header))
-    results = []
+    n = max(MIN_POSITIONS, (args.steps + args.warmup + 1) * args.batch_size)
+    rows = []
     for size in args.sizes:
         raw = synthetic_scan(n, size)
-        dataset = Dataset4D(da.from_array(raw, chunks=(1, batch, -1, -1)))
-        prep = Preprocessor.fit(dataset, PreprocessConfig())
-        x_all = torch.from_numpy(prep.transform_patterns(raw[0])).unsqueeze(1)
-        for preset in args.presets:
-            row = {"preset": preset, "size": size}
-            row["naive_train"] = naive_train(preset, size, batch, args.steps, args.warmup, device, x_all)
-            row["engine_train"] = engine_train(preset, dataset, batch, args.steps, args.warmup, args)
-            row["naive_embed"] = naive_embed(preset, size, batch, args.steps, device, x_all)
-            row["engine_embed"] = engine_embed(preset, dataset, prep, size, batch, device)
-            results.append(row)
-            print(f"{preset:<10}{size:>6}{row['naive_train']:>13.2f}{row['engine_train']:>14.2f}"
-                  f"{row['engine_train'] / row['naive_train']:>7.2f}x"
-                  f"{row['naive_embed']:>13.1f}{row['engine_embed']:>14.1f}"
-                  f"{row['engine_embed'] / row['naive_embed']:>7.2f}x", flush=True)
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1))
+        at_size = [measure(name, size, raw, args, device) for name in args.presets]
+        seed_rate = next((r["engine_train"] for r in at_size if r["preset"] == "seed"), None)
+        for row in at_size:
+            row["vs_seed"] = ratio(row["engine_train"], seed_rate) if seed_rate else None
+        rows += at_size
+    print_table(rows, THROUGHPUT_COLUMNS,
+                f"patterns/s, medians of {args.steps} timed steps (+{args.warmup} warm-up), "
+                f"batch {args.batch_size}, device {device}"
+                + (", engine compiled" if args.compile else ""))
+    return rows
 
 
-# -- larger-than-memory embedding ---------------------------------------------------------------
-
-def rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1024**2
-
+# -- larger-than-memory embedding ---------------------------------------------------------
 
 def _status_mb(field: str) -> float:
     with open("/proc/self/status") as f:
@@ -188,17 +223,11 @@ def reset_peak_rss() -> None:
         pass
 
 
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process image (VmHWM; unlike ru_maxrss it does not carry
-    the parent's peak across fork/exec)."""
-    return _status_mb("VmHWM")
-
-
 def write_big_scan(path: Path, size_mb: float, detector: int) -> tuple[int, int]:
     """An HDF5 scan of uint16 patterns of at least ``size_mb``, written row by row."""
     import h5py
-    per_pattern = detector * detector * 2
-    n = int(size_mb * 1024**2 / per_pattern) + 1
+
+    n = int(size_mb * 1024**2 / (detector * detector * 2)) + 1
     rx = 32
     ry = -(-n // rx)
     rng = np.random.default_rng(0)
@@ -210,86 +239,120 @@ def write_big_scan(path: Path, size_mb: float, detector: int) -> tuple[int, int]
     return ry, rx
 
 
-def memory_check(args: argparse.Namespace) -> None:
-    """Embed on-disk scans of 2x and 4x ``--mem-cap``; the growth of resident memory must stay
-    under the cap and must not grow with the scan. Runs in a fresh process (see main)."""
+def embed_file(path: Path, args: argparse.Namespace, device: torch.device) -> dict:
     from napari_4dstem_autoencoder.data import open_dataset
+
+    ds = open_dataset(path)
+    prep = Preprocessor.fit(ds, PreprocessConfig(detector_bin=args.mem_bin), max_patterns=256)
+    model = Autoencoder(out_shape=prep.output_shape(ds.detector_shape),
+                        config=PRESETS[args.mem_preset].model)
+    before = _status_mb("VmRSS")
+    reset_peak_rss()
+    t = time.perf_counter()
+    emb = embed_and_score(model, prep, ds, batch_size=args.batch_size * 4, device=device,
+                          score=False).embeddings
+    seconds = time.perf_counter() - t
+    growth = _status_mb("VmHWM") - before
+    ds.close()
+    return {"positions": int(np.prod(emb.shape[:2])), "seconds": seconds,
+            "patterns_per_s": np.prod(emb.shape[:2]) / seconds, "rss_before_mb": before,
+            "peak_growth_mb": growth}
+
+
+def memory_stage(args: argparse.Namespace) -> list[dict]:
+    """Embed on-disk scans of ``--mem-file`` MiB and twice that in this (fresh) process."""
     device = resolve_device(args.device)
-    bin_factor = max(1, args.mem_detector // args.mem_input)
-    print(f"larger-than-memory embed: {args.mem_detector}x{args.mem_detector} uint16 patterns "
-          f"on disk (HDF5), binned x{bin_factor} to {args.mem_input}x{args.mem_input}, preset "
-          f"{args.mem_preset}, batch {args.batch_size * 4}, cap {args.mem_cap:.0f} MiB")
-    # one small embedding first, so one-off allocations (thread pools, oneDNN scratch) are not
-    # counted as the big scan's
+    args.mem_bin = max(1, args.mem_detector // args.mem_input)
+    # one small embedding first, so one-off allocations (thread pools, oneDNN scratch) are
+    # not counted as the big scan's
     warm = Dataset4D(da.from_array(synthetic_scan(args.batch_size * 4, args.mem_detector)))
-    warm_prep = Preprocessor.fit(warm, PreprocessConfig(detector_bin=bin_factor))
-    embed_dataset(Autoencoder(out_shape=warm_prep.output_shape(warm.detector_shape),
-                              config=args.mem_preset), warm_prep, warm,
-                  batch_size=args.batch_size * 4, device=device)
-    growths = []
-    for factor in (2, 4):
+    warm_prep = Preprocessor.fit(warm, PreprocessConfig(detector_bin=args.mem_bin))
+    embed_and_score(Autoencoder(out_shape=warm_prep.output_shape(warm.detector_shape),
+                                config=PRESETS[args.mem_preset].model),
+                    warm_prep, warm, batch_size=args.batch_size * 4, device=device, score=False)
+    rows = []
+    for factor in (1, 2):
         with tempfile.TemporaryDirectory(dir=args.tmpdir) as tmp:
             path = Path(tmp) / "big_scan.h5"
-            ry, rx = write_big_scan(path, factor * args.mem_cap, args.mem_detector)
-            size_mb = path.stat().st_size / 1024**2
-            ds = open_dataset(path)
-            prep = Preprocessor.fit(ds, PreprocessConfig(detector_bin=bin_factor), max_patterns=256)
-            model = Autoencoder(out_shape=prep.output_shape(ds.detector_shape),
-                                config=args.mem_preset)
-            before = rss_mb()
-            reset_peak_rss()
-            t = time.perf_counter()
-            emb = embed_dataset(model, prep, ds, batch_size=args.batch_size * 4, device=device)
-            dt = time.perf_counter() - t
-            growth = peak_rss_mb() - before
-            growths.append(growth)
-            ds.close()
-        print(f"  {ry}x{rx} scan, file {size_mb:.0f} MiB: embeddings {emb.shape} in {dt:.1f} s "
-              f"({ry * rx / dt:.1f} patterns/s); RSS before {before:.0f} MiB, peak growth "
-              f"{growth:.0f} MiB ({growth / size_mb:.2f} of the file; "
-              f"{'within' if growth <= args.mem_cap else 'ABOVE'} the cap)")
-    print(f"  peak growth with the 2x larger file: {growths[1] / max(growths[0], 1e-9):.2f}x "
-          "(bounded memory: about 1x)")
+            write_big_scan(path, factor * args.mem_file, args.mem_detector)
+            row = {"file_x": factor, "file_mb": path.stat().st_size / 1024**2,
+                   **embed_file(path, args, device)}
+        row["growth_per_file_mb"] = row["peak_growth_mb"] / row["file_mb"]
+        rows.append(row)
+    return rows
 
 
-def main(argv: list[str] | None = None) -> None:
+MEMORY_COLUMNS = [
+    Column("file_x", "d", "file"), Column("file_mb", ".0f", "file MiB"),
+    Column("positions"), Column("seconds", ".1f", "s"),
+    Column("patterns_per_s", ".1f", "patterns/s"), Column("rss_before_mb", ".0f", "RSS before MiB"),
+    Column("peak_growth_mb", ".0f", "peak growth MiB"),
+    Column("growth_per_file_mb", ".3f", "growth/file"),
+]
+
+
+def memory(args: argparse.Namespace) -> list[dict]:
+    stage_args = ["--stage-memory", "--device", args.device, "--batch-size", str(args.batch_size),
+                  "--mem-file", str(args.mem_file), "--mem-detector", str(args.mem_detector),
+                  "--mem-input", str(args.mem_input), "--mem-preset", args.mem_preset]
+    if args.tmpdir:
+        stage_args += ["--tmpdir", args.tmpdir]
+    rows = run_isolated(Path(__file__), stage_args)
+    for row in rows:
+        row["measure"] = "memory"
+    print_table(rows, MEMORY_COLUMNS,
+                f"larger-than-memory embed: {args.mem_detector}x{args.mem_detector} uint16 on disk "
+                f"(HDF5), binned to {args.mem_input}x{args.mem_input}, preset {args.mem_preset}, "
+                f"batch {args.batch_size * 4}; peak growth, 2x file / 1x file: "
+                f"{ratio(rows[1]['peak_growth_mb'], rows[0]['peak_growth_mb']):.2f} (bounded: ~1)")
+    return rows
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto")
-    p.add_argument("--sizes", type=int, nargs="+", default=[64, 128])
-    p.add_argument("--presets", nargs="+", default=list(PRESETS))
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: 32x32 only, 2 timed steps, batch 2 on CPU, smaller files")
+    p.add_argument("--sizes", type=int, nargs="+", default=None, help="default 32 64")
+    p.add_argument("--presets", nargs="+", default=list(PRESETS), choices=list(PRESETS))
     p.add_argument("--batch-size", type=int, default=None,
-                   help="default 4 on CPU, 128 on CUDA")
-    p.add_argument("--steps", type=int, default=None, help="timed steps (default 1 CPU, 20 CUDA)")
+                   help="default 4 on CPU (2 with --quick), 128 on CUDA")
+    p.add_argument("--steps", type=int, default=None, help="timed steps (default 5 CPU, 20 CUDA)")
     p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--compile", action="store_true", help="engine uses torch.compile(dynamic=False)")
-    p.add_argument("--mem-cap", type=float, default=128.0, metavar="MB",
-                   help="memory allowed for embedding; the on-disk scans are 2x and 4x this")
+    p.add_argument("--compile", action="store_true",
+                   help="engine uses torch.compile(dynamic=False)")
+    p.add_argument("--mem-file", type=float, default=None, metavar="MB",
+                   help="size of the smaller on-disk scan (default 256, 128 with --quick); the "
+                        "other is twice as large")
     p.add_argument("--mem-detector", type=int, default=512,
                    help="detector pixels of the on-disk scan (binned down to --mem-input)")
     p.add_argument("--mem-input", type=int, default=32, help="network input size after binning")
-    p.add_argument("--mem-preset", default="fast")
-    p.add_argument("--tmpdir", default=None)
-    p.add_argument("--skip-throughput", action="store_true")
+    p.add_argument("--mem-preset", default="continuous", choices=list(PRESETS))
+    p.add_argument("--tmpdir", default=None, help="where the on-disk scans go (default: /tmp)")
     p.add_argument("--skip-memory", action="store_true")
-    p.add_argument("--memory-only", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--json", help="also write the throughput table as JSON")
+    p.add_argument("--stage-memory", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     gpu = resolve_device(args.device).type == "cuda"
-    args.batch_size = args.batch_size or (128 if gpu else 4)
-    args.steps = args.steps or (20 if gpu else 1)
-    if args.memory_only:
-        memory_check(args)
+    args.batch_size = args.batch_size or (128 if gpu else 2 if args.quick else 4)
+    args.steps = args.steps or (2 if args.quick else 20 if gpu else 5)
+    args.sizes = args.sizes or ([32] if args.quick else [32, 64])
+    args.mem_file = args.mem_file or (128.0 if args.quick else 256.0)
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.stage_memory:
+        print(json.dumps(memory_stage(args)))
         return
-    if not args.skip_throughput:
-        throughput(args)
+    rows = throughput(args)
     if not args.skip_memory:
-        cmd = [sys.executable, __file__, "--memory-only", "--device", args.device,
-               "--mem-cap", str(args.mem_cap), "--mem-detector", str(args.mem_detector),
-               "--mem-preset", args.mem_preset, "--batch-size", str(args.batch_size),
-               "--mem-input", str(args.mem_input)]
-        if args.tmpdir:
-            cmd += ["--tmpdir", args.tmpdir]
-        subprocess.run(cmd, check=True)
+        rows += memory(args)
+    device = str(resolve_device(args.device))
+    name = f"bench_train.{resolve_device(args.device).type}" + (".compile" if args.compile else "")
+    path = save(name, rows, key=["measure", "preset", "size", "file_x"], device=device,
+                settings=settings_of(args), quick=args.quick)
+    print(f"\nwrote {path}")
 
 
 if __name__ == "__main__":
