@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
+import os
 import signal
 import sys
 import threading
 from pathlib import Path
 from typing import Any, Sequence
 
+from ._files import check_free_space, check_output, input_family
 from .training.presets import PRESETS
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -34,8 +37,19 @@ class CliError(Exception):
 
 # -- argument parsing -------------------------------------------------------------------------
 
+def _positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (the option is blamed, not the file)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
 def _scan_shape(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--scan-shape", nargs=2, type=int, metavar=("RY", "RX"),
+    parser.add_argument("--scan-shape", nargs=2, type=_positive_int, metavar=("RY", "RX"),
                         help="scan grid for files that store a flat stack of patterns")
     parser.add_argument("--dataset", metavar="NAME",
                         help="which array in a file holding several (HDF5 path or signal title)")
@@ -105,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="checkpoint to write (.safetensors)")
     r.add_argument("--checkpoint-every", type=int, default=1, metavar="EPOCHS")
     r.add_argument("--resume", metavar="CHECKPOINT", help="continue training from a checkpoint")
+    r.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out checkpoint (without it, and without --resume "
+                        "into the same file, an existing checkpoint is refused)")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(handler=cmd_train)
 
@@ -115,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("checkpoint", help="model checkpoint (.safetensors) from 'stem-ae train'")
     _scan_shape(e)
     e.add_argument("--out", required=True, metavar="RESULTS_H5", help="HDF5 file to write")
+    e.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     e.add_argument("--batch-size", type=int, default=256)
     e.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     e.add_argument("--no-errors", action="store_true",
@@ -132,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "TIFF per extra array of a results file from 'stem-ae embed'.")
     x.add_argument("results", help="HDF5 results file from 'stem-ae embed'")
     x.add_argument("--out-dir", required=True, help="folder for the TIFF files")
+    x.add_argument("--overwrite", action="store_true", help="replace TIFF files already there")
     x.set_defaults(handler=cmd_export)
 
     d = sub.add_parser("demo", help="open napari with the sample data and the plugin's docks",
@@ -181,8 +200,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     ctx = ddp.init_from_env(args.device)
     say = print if ctx.is_main else (lambda *a, **k: None)
     out = Path(args.out)
-    if out.exists() and out.is_dir():
-        raise CliError(f"{out}: is a directory; --out needs a checkpoint file name")
+    resume_same = args.resume is not None and _same_file(args.resume, out)
+    inputs = input_family(args.data) | ({Path(args.resume)} if args.resume and not resume_same
+                                         else set())
+    check_output(out, inputs, overwrite=args.overwrite or resume_same, what="checkpoint",
+                 hint="pass --resume to continue it or --overwrite to replace it")
+    _remove_stale_temporaries(out)
     try:
         preset = args.preset or DEFAULT_PRESET
         config = TrainConfig(
@@ -200,16 +223,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise CliError(str(exc)) from None
     dataset = _open(args, args.data)
+    try:
+        check_free_space(out, _checkpoint_bytes(config, dataset), "checkpoint")
+    except BaseException:
+        dataset.close()
+        raise
     stop = threading.Event()
+    signalled: list[int] = []
 
-    def on_sigint(signum, frame):  # first Ctrl-C: stop cleanly with a checkpoint
+    def on_signal(signum, frame):  # first Ctrl-C or SIGTERM: stop cleanly with a checkpoint
         if stop.is_set():
             raise KeyboardInterrupt
+        signalled.append(signum)
         stop.set()
-        say("\nstopping after this batch (Ctrl-C again to abort)", file=sys.stderr)
+        say(f"\n{signal.Signals(signum).name}: stopping after this batch and writing the "
+            "checkpoint (Ctrl-C again to abort)", file=sys.stderr)
 
-    previous = signal.signal(signal.SIGINT, on_sigint) \
-        if threading.current_thread() is threading.main_thread() else None
+    previous = _install_stop_handlers(on_signal)
     bar = None
     status = EXIT_OK
     try:
@@ -238,17 +268,52 @@ def cmd_train(args: argparse.Namespace) -> int:
                 if bar is not None:
                     bar.close()
                 say(f"finished ({event.reason}); checkpoint: {event.checkpoint}")
+                if signalled:  # a run ended by a signal is not a success, but it is saved
+                    status = 128 + signalled[0]
             elif isinstance(event, Failed):
                 if bar is not None:
                     bar.close()
                 print(f"stem-ae: training failed: {event.reason}", file=sys.stderr)
                 status = EXIT_FAILED
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
         dataset.close()
         ddp.shutdown()
     return status
+
+
+def _remove_stale_temporaries(out: Path) -> None:
+    """What a killed earlier write left beside ``out`` goes now, not at the first checkpoint
+    (``remove_stale_temporaries`` logs a warning naming each file)."""
+    from .training.checkpoints import remove_stale_temporaries
+    remove_stale_temporaries(out.parent)
+
+
+def _same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    return os.path.realpath(os.fspath(a)) == os.path.realpath(os.fspath(b))
+
+
+def _install_stop_handlers(handler) -> dict[int, Any]:
+    """Ctrl-C and SIGTERM (what SLURM and container runtimes send) both stop cleanly; returns
+    the handlers to restore. Signals can only be handled on the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+
+
+#: trainable parameters of every preset; a checkpoint holds them and Adam's two moments
+_PARAMETERS = 3_914_404
+
+
+def _checkpoint_bytes(config: Any, dataset: Any) -> int:
+    """Disk a checkpoint of this run may need: weights and Adam moments, the graph teacher's
+    reference patterns, twice over (the atomic write holds the old file until the rename)."""
+    from .data.preprocess import Preprocessor
+
+    pixels = math.prod(Preprocessor(config.preprocess).output_shape(dataset.detector_shape))
+    teacher = 1024 * pixels * 4 if config.objective_config().graph_weight > 0 else 0
+    return 2 * (3 * _PARAMETERS * 4 + teacher) + 2**20
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
@@ -257,6 +322,9 @@ def cmd_embed(args: argparse.Namespace) -> int:
     from .training.checkpoints import load_checkpoint
     from .training.device import resolve_device
 
+    out = check_output(args.out, input_family(args.data) | {Path(args.checkpoint)},
+                       overwrite=args.overwrite, what="results file")
+    _remove_stale_temporaries(out)
     loaded = load_checkpoint(args.checkpoint)
     device = resolve_device(args.device)
     with _open(args, args.data) as dataset:
@@ -266,6 +334,9 @@ def cmd_embed(args: argparse.Namespace) -> int:
             raise CliError(f"{args.data}: patterns are {dataset.detector_shape[0]}x"
                            f"{dataset.detector_shape[1]} but {args.checkpoint} was trained on "
                            f"{expected[0]}x{expected[1]}")
+        maps = loaded.model.config.latent_dim + (0 if args.no_errors else 2)
+        check_free_space(out, 2 * view_shape[0] * view_shape[1] * maps * 4 + 2**20,
+                         "results file")
         with _progress(view_shape[0] * view_shape[1], "embed", args.quiet) as bar:
             result = embed_and_score(loaded.model, loaded.preprocessor, dataset,
                                      batch_size=args.batch_size, device=device,
@@ -344,13 +415,15 @@ def cmd_export(args: argparse.Namespace) -> int:
     out = Path(args.out_dir)
     if out.exists() and not out.is_dir():
         raise CliError(f"{out}: exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
-    written = [export_tiff(out / "embeddings.tif", res["embeddings"], channel_axis=-1)]
-    for name, arr in {**res["error"], **res["extra"]}.items():
-        if arr.ndim in (2, 3):
-            written.append(export_tiff(out / f"{name}.tif", arr, channel_axis=-1))
-    for p in written:
-        print(p)
+    maps = {"embeddings": res["embeddings"],
+            **{k: v for k, v in {**res["error"], **res["extra"]}.items() if v.ndim in (2, 3)}}
+    targets = {out / f"{name}.tif": arr for name, arr in maps.items()}
+    for target in targets:  # every check before the first write
+        check_output(target, {Path(args.results)}, overwrite=args.overwrite, what="TIFF")
+    check_free_space(out / "embeddings.tif", 2 * sum(a.size * 4 for a in maps.values()) + 2**20,
+                     "TIFF files")
+    for target, arr in targets.items():
+        print(export_tiff(target, arr, channel_axis=-1))
     return EXIT_OK
 
 

@@ -387,3 +387,26 @@ def test_finished_describes_the_trained_model_as_its_checkpoint_does(trained_run
     assert trained.train_config == loaded.train_config == trained_run.config
     x = torch.rand(2, 1, 32, 32)
     torch.testing.assert_close(trained.model.embed(x), loaded.model.embed(x))
+
+
+def test_a_final_checkpoint_that_cannot_be_written_fails_the_run_and_keeps_the_last_good_one(
+        tiny_dataset, tiny_config, tmp_path, monkeypatch):
+    import errno
+
+    from napari_4dstem_autoencoder.training import engine
+
+    path = tmp_path / "m.safetensors"
+    real_save = engine.save_checkpoint
+    calls = []
+
+    def disk_full_at_the_end(*args, **kwargs):
+        calls.append(kwargs.get("epoch"))
+        if len(calls) == 2:  # epoch 1 is written; the wrap-up's write meets a full disk
+            raise OSError(errno.ENOSPC, f"cannot write {path}: no space left on device")
+        return real_save(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "save_checkpoint", disk_full_at_the_end)
+    events = list(train(tiny_dataset(), tiny_config(epochs=2, checkpoint_path=str(path))))
+    failed = events[-1]
+    assert isinstance(failed, Failed) and "no space left on device" in failed.reason
+    assert failed.checkpoint == str(path) and load_checkpoint(path).epoch == 1

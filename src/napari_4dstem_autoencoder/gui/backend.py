@@ -14,10 +14,13 @@ as well as on the GUI thread, so they never touch widgets or layers.
 from __future__ import annotations
 
 import dataclasses
+import os
 import threading
 from typing import Any, Callable
 
 import numpy as np
+
+from .._files import check_output, input_family
 
 Progress = Callable[[int, int], None]
 
@@ -191,11 +194,36 @@ def project(embeddings: np.ndarray, method: str = "pca", seed: int = 0) -> np.nd
     return np.asarray(project_2d(flat, method=method, seed=seed), dtype=np.float32)
 
 
+def _inputs(state: Any) -> set:
+    """The files the state's dataset and model were read from (never written to)."""
+    inputs = set()
+    if state.dataset is not None and state.dataset.path is not None:
+        inputs |= input_family(state.dataset.path)
+    if state.model is not None and state.model.path is not None:
+        inputs.add(state.model.path)
+    return inputs
+
+
+def save_checkpoint_copy(source: str, path: str, state: Any) -> None:
+    """Copy the checkpoint ``source`` to ``path`` atomically, read back before the rename;
+    refuses ``path`` when it is one of the state's inputs or not a regular file."""
+    from pathlib import Path
+
+    from ..training.checkpoints import atomic_write_bytes, read_checkpoint
+
+    if os.path.realpath(source) == os.path.realpath(path):
+        return  # already there
+    check_output(path, _inputs(state) - {Path(source)}, overwrite=True, what="checkpoint")
+    atomic_write_bytes(path, Path(source).read_bytes(), verify=read_checkpoint)
+
+
 def export(path: str, state: Any, labels: np.ndarray | None = None,
            pca_labels: np.ndarray | None = None) -> None:
     """Write embeddings (+ error maps, labels, configs) as HDF5, or the maps as a TIFF stack."""
     from ..inference.export import export_hdf5, export_tiff
 
+    # the file dialog has asked before replacing a file; an input is never replaced
+    check_output(path, _inputs(state), overwrite=True, what="export")
     if str(path).lower().endswith((".tif", ".tiff")):
         export_tiff(path, state.embeddings, channel_axis=-1)
         return

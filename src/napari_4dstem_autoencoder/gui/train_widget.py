@@ -12,7 +12,6 @@ writes a loadable checkpoint. Closing the viewer does the same and waits for the
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 import threading
 import time
@@ -362,13 +361,10 @@ class TrainWidget(QWidget):
             show_error("No checkpoint to save yet: train (or stop a run) first")
             return None
         dest = Path(path)
-        tmp = dest.with_name(f".{dest.name}.part")
         try:
-            shutil.copyfile(src, tmp)
-            os.replace(tmp, dest)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            show_error(f"Could not save the checkpoint to {dest}: {exc}")
+            backend.save_checkpoint_copy(src, str(dest), self.state)
+        except (OSError, ValueError) as exc:  # the messages name the file and the cause
+            show_error(f"Could not save the checkpoint: {exc}")
             return None
         show_info(f"Checkpoint saved to {dest}")
         return dest

@@ -1,6 +1,6 @@
 """Export analysis results: one self-describing HDF5 file, and TIFF stacks of maps.
 
-HDF5 layout (written atomically, like checkpoints)::
+HDF5 layout (written atomically and read back before the rename, like checkpoints)::
 
     /embeddings          (Ry, Rx, latent) float32
     /error/mse, /error/psnr   (Ry, Rx) float32            (when given)
@@ -10,9 +10,9 @@ HDF5 layout (written atomically, like checkpoints)::
 
 from __future__ import annotations
 
+import io
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -22,19 +22,24 @@ import numpy as np
 import tifffile
 
 from .. import __version__
+from ..training.checkpoints import atomic_write_bytes
 
 RESULTS_FORMAT = "napari-4dstem-autoencoder/results"
 
 
-def _atomic_target(path: Path) -> tuple[int, str]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+def _check_hdf5(expected: tuple[int, ...]):
+    def check(tmp: Path) -> None:
+        with h5py.File(tmp, "r") as f:
+            if f.attrs.get("format") != RESULTS_FORMAT or f["embeddings"].shape != expected:
+                raise OSError(f"{tmp}: the written results file does not read back")
+    return check
 
 
-def _commit(tmp: str, path: Path) -> None:
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def _check_tiff(expected: tuple[int, ...]):
+    def check(tmp: Path) -> None:
+        if tifffile.imread(tmp).shape != expected:
+            raise OSError(f"{tmp}: the written TIFF does not read back")
+    return check
 
 
 def export_hdf5(
@@ -51,30 +56,29 @@ def export_hdf5(
     emb = np.asarray(embeddings, dtype=np.float32)
     if emb.ndim != 3:
         raise ValueError(f"embeddings must be (Ry, Rx, latent), got shape {emb.shape}")
-    fd, tmp = _atomic_target(path)
-    os.close(fd)
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.attrs["format"] = RESULTS_FORMAT
-            f.attrs["napari_4dstem_autoencoder_version"] = __version__
-            f.attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-            f.attrs["model_config"] = json.dumps(model_config or {})
-            f.attrs["preprocessing"] = json.dumps(preprocessing or {})
-            f.attrs["metadata"] = json.dumps(metadata or {}, default=str)
-            d = f.create_dataset("embeddings", data=emb, compression="gzip",
-                                 chunks=(min(emb.shape[0], 64), min(emb.shape[1], 64), emb.shape[2]))
-            d.attrs["axes"] = "Ry,Rx,latent"
-            for name, arr in (error_maps or {}).items():
-                arr = np.asarray(arr, dtype=np.float32)
-                if arr.shape != emb.shape[:2]:
-                    raise ValueError(f"error map {name!r} is {arr.shape}, the scan is {emb.shape[:2]}")
-                f.create_dataset(f"error/{name}", data=arr)
-            for name, arr in (extra or {}).items():
-                f.create_dataset(f"extra/{name}", data=np.asarray(arr))
-        _commit(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # built in memory and written in one go: HDF5 files are small next to the scan (34 float32
+    # maps), and a full disk then fails a plain write instead of inside the HDF5 library
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as f:
+        f.attrs["format"] = RESULTS_FORMAT
+        f.attrs["napari_4dstem_autoencoder_version"] = __version__
+        f.attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        f.attrs["model_config"] = json.dumps(model_config or {})
+        f.attrs["preprocessing"] = json.dumps(preprocessing or {})
+        f.attrs["metadata"] = json.dumps(metadata or {}, default=str)
+        d = f.create_dataset("embeddings", data=emb, compression="gzip",
+                             chunks=(min(emb.shape[0], 64), min(emb.shape[1], 64), emb.shape[2]))
+        d.attrs["axes"] = "Ry,Rx,latent"
+        for name, arr in (error_maps or {}).items():
+            arr = np.asarray(arr, dtype=np.float32)
+            if arr.shape != emb.shape[:2]:
+                raise ValueError(f"error map {name!r} is {arr.shape}, the scan is {emb.shape[:2]}")
+            f.create_dataset(f"error/{name}", data=arr)
+        for name, arr in (extra or {}).items():
+            f.create_dataset(f"extra/{name}", data=np.asarray(arr))
+    # read back before the rename: a short write (full disk, file-size limit) never replaces
+    # the target, and the OSError names it
+    atomic_write_bytes(path, buffer.getvalue(), verify=_check_hdf5(emb.shape))
     return path
 
 
@@ -113,14 +117,10 @@ def export_tiff(path: str | os.PathLike, map_stack: np.ndarray, channel_axis: in
         axes = "YX"
     else:
         raise ValueError(f"maps must be (Y, X) or a 3-D stack, got shape {arr.shape}")
-    fd, tmp = _atomic_target(path)
-    os.close(fd)
-    try:
-        tifffile.imwrite(tmp, np.ascontiguousarray(arr), metadata={"axes": axes})
-        _commit(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    data = np.ascontiguousarray(arr)
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, data, metadata={"axes": axes})
+    atomic_write_bytes(path, buffer.getvalue(), verify=_check_tiff(data.shape))
     return path
 
 

@@ -436,11 +436,17 @@ def train(
         return
 
     # -- wrap up: a consistent state, a final preview and checkpoint ---------------------
-    recalibrate()
-    ddp.broadcast_buffers(model, ctx)
-    if preview_x is not None and global_step > 0:
-        yield make_preview()
-    saved = write_checkpoint(epoch)  # completed epochs (a stopped epoch is redone on resume)
+    try:
+        recalibrate()
+        ddp.broadcast_buffers(model, ctx)
+        if preview_x is not None and global_step > 0:
+            yield make_preview()
+        saved = write_checkpoint(epoch)  # completed epochs (a stopped epoch is redone on resume)
+    except Exception as exc:  # a full disk, or a state the checkpoint refuses (NaN weights)
+        log.exception("the final checkpoint could not be written")
+        yield Failed(reason=f"the final checkpoint could not be written: {exc}",
+                     checkpoint=last_checkpoint)
+        return
     if saved is not None:
         yield saved
     model.eval()
