@@ -193,3 +193,26 @@ def test_a_bad_scan_shape_blames_the_option_not_the_file(made, capsys):
     err = capsys.readouterr().err
     assert info.value.code == 2 and "--scan-shape" in err and "must be at least 1" in err
     assert str(made.data) not in err
+
+
+@pytest.mark.parametrize("kind", ["zeros", "negative"])
+def test_suspicious_data_is_one_warning_line_naming_the_file(tmp_path, capsys, kind):
+    data = tmp_path / f"{kind}.npy"
+    values = np.zeros((3, 3, 32, 32), np.float32)
+    if kind == "negative":
+        values = scan().astype(np.float32) - 5
+    np.save(data, values)
+    code, out, err = run(["info", data], capsys)
+    assert code == 0 and "scan 3x3" in out
+    (line,) = [l for l in err.splitlines() if l.strip()]
+    assert line.startswith("stem-ae: warning:") and str(data) in line
+    assert ("zero" if kind == "zeros" else "negative") in line
+
+
+def test_complex_data_is_refused_unless_a_magnitude_is_asked_for(tmp_path, capsys):
+    data = tmp_path / "wave.npy"
+    np.save(data, (scan() * (1 + 1j)).astype(np.complex64))
+    code, _, err = run(["info", data], capsys)
+    one_line_error(code, err, str(data), "complex")
+    code, out, err = run(["info", data, "--complex-magnitude"], capsys)
+    assert code == 0 and "float32" in out, err

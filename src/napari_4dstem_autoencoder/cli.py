@@ -20,6 +20,7 @@ import os
 import signal
 import sys
 import threading
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -53,6 +54,8 @@ def _scan_shape(parser: argparse.ArgumentParser) -> None:
                         help="scan grid for files that store a flat stack of patterns")
     parser.add_argument("--dataset", metavar="NAME",
                         help="which array in a file holding several (HDF5 path or signal title)")
+    parser.add_argument("--complex-magnitude", action="store_true",
+                        help="open complex data as its magnitude |z| (refused otherwise)")
 
 
 def _add_preprocessing(parser: argparse.ArgumentParser) -> None:
@@ -165,7 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _open(args: argparse.Namespace, path: str):
     from .data import open_dataset
     shape = tuple(args.scan_shape) if getattr(args, "scan_shape", None) else None
-    return open_dataset(path, scan_shape=shape, dataset=getattr(args, "dataset", None))
+    return open_dataset(path, scan_shape=shape, dataset=getattr(args, "dataset", None),
+                        complex_data="magnitude" if getattr(args, "complex_magnitude", False)
+                        else "refuse")
 
 
 def _preprocess_config(args: argparse.Namespace):
@@ -447,6 +452,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)  # exits 2 on usage errors
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    warnings.showwarning = _show_warning
     try:
         return args.handler(args)
     except KeyboardInterrupt:
@@ -459,6 +465,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(f"stem-ae: error: {message}", file=sys.stderr)
         return EXIT_USAGE
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Suspicious data (``DataWarning``, which names the file) as one line; others as usual."""
+    if getattr(category, "__name__", "") == "DataWarning":
+        print(f"stem-ae: warning: {message}", file=sys.stderr)
+    else:
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 
 
 def run() -> None:

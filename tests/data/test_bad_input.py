@@ -4,6 +4,7 @@ and leaves the file untouched."""
 from __future__ import annotations
 
 import gc
+import os
 import hashlib
 import shutil
 from pathlib import Path
@@ -163,3 +164,60 @@ def test_unknown_hdf5_dataset_name(tmp_path):
 def test_arina_master_with_missing_data_file(real_data_dir, tmp_path):
     shutil.copy(real_data_dir / "arina/test_00_master.h5", tmp_path / "test_00_master.h5")
     _assert_clean_error(tmp_path / "test_00_master.h5", "Arina data file .*test_00_data_000001.h5.* is missing")
+
+
+def test_symbolic_link_loop(tmp_path):
+    path = tmp_path / "loop.h5"
+    path.symlink_to(path)
+    _assert_clean_error(path, "is a symbolic link loop")
+
+
+def test_dangling_symbolic_link(tmp_path):
+    path = tmp_path / "scan.mib"
+    path.symlink_to(tmp_path / "moved_away.mib")
+    err = _assert_clean_error(path, "is a dangling symbolic link")
+    assert "moved_away.mib" in str(err) and "does not exist" in str(err)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes here")
+def test_named_pipe_is_not_a_regular_file(tmp_path):
+    path = tmp_path / "stream.mib"
+    os.mkfifo(path)  # opening it would block until a writer came: it must never be opened
+    _assert_clean_error(path, r"is not a regular file \(a named pipe \(FIFO\)\)")
+
+
+def test_device_is_not_a_regular_file():
+    if not os.path.exists("/dev/null"):
+        pytest.skip("no /dev/null")
+    with pytest.raises(DatasetError, match=r"/dev/null: is not a regular file \(a character device\)"):
+        open_dataset("/dev/null")
+
+
+def _corrupt_one_chunk(path: Path, ry: int, rx: int) -> None:
+    with h5py.File(path, "r") as f:
+        info = f["data"].id.get_chunk_info_by_coord((ry, rx, 0, 0))
+    with open(path, "r+b") as fh:
+        fh.seek(info.byte_offset)
+        fh.write(b"\x00garbage" * (info.size // 8))
+
+
+def test_corrupt_chunk_errors_name_the_file_and_the_position(tmp_path):
+    path = tmp_path / "corrupt.h5"
+    data = np.random.default_rng(0).poisson(4, (4, 4, 16, 16)).astype(np.uint16)
+    with h5py.File(path, "w") as f:
+        f.create_dataset("data", data=data, chunks=(1, 1, 16, 16), compression="gzip")
+    _corrupt_one_chunk(path, 2, 3)
+    # opening checks every value of a small file: the corrupt chunk is found then
+    err = _assert_clean_error(path, r"reading dataset /data at scan \[0:4, 0:4\] failed: OSError")
+    assert "corrupt or truncated there" in str(err)
+    # opened without the value checks, the read that meets it names the file and the position
+    with open_dataset(path, check_finite=False, check_quality=False) as ds:
+        np.testing.assert_array_equal(ds.pattern(1, 1), data[1, 1])
+        with pytest.raises(DatasetError, match=rf"{path}: reading dataset /data at scan \[2, 3\]"):
+            ds.pattern(2, 3)
+        with pytest.raises(DatasetError, match=str(path)):
+            ds.patterns([0, 11])
+        from napari_4dstem_autoencoder.data.virtual import mean_pattern
+
+        with pytest.raises(DatasetError, match=str(path)):
+            mean_pattern(ds)  # the chunked one-pass reductions too

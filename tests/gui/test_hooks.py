@@ -102,3 +102,119 @@ def test_hooks_import_no_gui_and_no_torch():
             "print(bad); sys.exit(1 if bad else 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _notifications_since(start: int) -> list[tuple[str, str]]:
+    from napari.utils.notifications import notification_manager
+
+    return [(str(n.severity), str(n.message)) for n in notification_manager.records[start:]]
+
+
+def _record_count() -> int:
+    from napari.utils.notifications import notification_manager
+
+    return len(notification_manager.records)
+
+
+def _count_h5_reads(monkeypatch) -> list[int]:
+    reads: list[int] = []
+    original = h5py.Dataset.__getitem__
+
+    def counting(self, key, *args, **kwargs):
+        out = original(self, key, *args, **kwargs)
+        reads.append(int(np.asarray(out).size))
+        return out
+
+    monkeypatch.setattr(h5py.Dataset, "__getitem__", counting)
+    return reads
+
+
+def test_a_sparse_2_tib_hdf5_opens_without_reading_its_fill_values(tmp_path, monkeypatch):
+    path = tmp_path / "allocated_never_written.h5"
+    with h5py.File(path, "w") as f:  # 2 TiB on paper, nothing on disk
+        f.create_dataset("data", shape=(1024, 1024, 1024, 1024), dtype=np.uint16, chunks=True)
+    assert path.stat().st_size < 1e5
+    monkeypatch.setattr(hooks, "_recent", {})
+    reads = _count_h5_reads(monkeypatch)
+    start = _record_count()
+    reader = hooks.get_reader(str(path))
+    assert reader is hooks.read_4dstem
+    (data, kwargs, kind), = reader(str(path))
+    assert sum(reads) == 0  # not one pattern of fill values was read
+    assert kind == "image" and np.all(data == 0)
+    ds = kwargs["metadata"][hooks.DATASET_KEY]
+    assert ds.shape == (1024, 1024, 1024, 1024) and ds.metadata["never_written"]
+    messages = _notifications_since(start)
+    assert any(sev == "warning" and str(path) in msg and "holds no data" in msg
+               and "fill value 0" in msg for sev, msg in messages), messages
+    assert any("the navigator was not read" in msg for _, msg in messages), messages
+    ds.close()
+
+
+def test_a_large_file_gets_a_bounded_strided_navigator_and_says_so(tmp_path, monkeypatch):
+    path = tmp_path / "large.h5"
+    rng = np.random.default_rng(0)
+    with h5py.File(path, "w") as f:
+        f.create_dataset("data", data=rng.poisson(3, (64, 64, 16, 16)).astype(np.uint16),
+                         chunks=(1, 1, 16, 16))
+    pattern = 16 * 16 * 2
+    monkeypatch.setattr(hooks, "_recent", {})
+    monkeypatch.setattr(hooks, "NAVIGATOR_FULL_BYTES", 64 * pattern)  # pretend 2 MiB is huge
+    monkeypatch.setattr(hooks, "BEAM_SAMPLE_BYTES", 16 * pattern)
+    from napari_4dstem_autoencoder.data import quality
+
+    monkeypatch.setattr(quality, "FINITE_CHECK_BYTES", 2**16)
+    reads = _count_h5_reads(monkeypatch)
+    start = _record_count()
+    (data, kwargs, _), = hooks.get_reader(str(path))(str(path))
+    stride = kwargs["metadata"][hooks.NAVIGATOR_STRIDE_KEY]
+    assert stride == 8 and data.shape == (8, 8)
+    # patterns read: the navigator's 64, the beam's 16, the quality sample's 64, nothing more
+    assert sum(reads) <= (64 + 16 + quality.QUALITY_SAMPLE_PATTERNS) * 16 * 16
+    messages = _notifications_since(start)
+    assert any(sev == "info" and "the navigator shows every 8th scan position (8x8 of 64x64)" in msg
+               and "Compute BF / ADF navigators" in msg for sev, msg in messages), messages
+    kwargs["metadata"][hooks.DATASET_KEY].close()
+
+
+def test_storage_chunks_count_in_the_navigator_budget(tmp_path):
+    from napari_4dstem_autoencoder.data import open_dataset
+
+    path = tmp_path / "blocky.h5"
+    with h5py.File(path, "w") as f:  # every storage chunk spans 8 x 8 positions
+        f.create_dataset("data", data=np.ones((64, 64, 16, 16), np.uint16), chunks=(8, 8, 16, 16))
+    with open_dataset(path, check_quality=False) as ds:
+        pattern = 16 * 16 * 2
+        # 16 reads of 64 positions each decode 16 chunks = 1024 patterns, not 16
+        assert hooks.navigator_stride(ds, budget=1024 * pattern) == 16
+        assert hooks.navigator_stride(ds, budget=64 * 64 * pattern) == 1
+        assert hooks.navigator_stride(ds, budget=10**12, max_positions=256) == 4
+
+
+def test_data_warnings_become_notifications(tmp_path, monkeypatch):
+    path = tmp_path / "dark.npy"
+    np.save(path, np.zeros((4, 4, 8, 8), np.uint16))
+    monkeypatch.setattr(hooks, "_recent", {})
+    start = _record_count()
+    layers = hooks.read_4dstem(str(path))
+    assert layers[0][2] == "image"
+    messages = _notifications_since(start)
+    assert ("warning", f"{path}: every value is 0: the data is all zero (an empty acquisition, "
+                       "a closed shutter, or a file that was never written)") in messages
+
+
+def test_broken_links_are_claimed_so_the_error_says_what_is_wrong(tmp_path, monkeypatch):
+    import pytest
+
+    from napari_4dstem_autoencoder.data import DatasetError
+
+    dangling = tmp_path / "scan.mib"
+    dangling.symlink_to(tmp_path / "elsewhere.mib")
+    loop = tmp_path / "loop.h5"
+    loop.symlink_to(loop)
+    monkeypatch.setattr(hooks, "_recent", {})
+    for path, problem in ((dangling, "dangling symbolic link"), (loop, "symbolic link loop")):
+        assert hooks.get_reader(str(path)) is hooks.read_4dstem
+        with pytest.raises(DatasetError, match=problem):
+            hooks.read_4dstem(str(path))
+    assert hooks.get_reader(str(tmp_path / "link_to_notes.txt")) is None

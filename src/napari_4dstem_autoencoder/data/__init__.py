@@ -4,7 +4,7 @@ Importing this package is cheap (no torch, no Qt); format libraries load on firs
 """
 
 from .dataset import Calibration, Dataset4D
-from .errors import DatasetError
+from .errors import DatasetError, DataWarning
 from .readers import open_dataset
 
-__all__ = ["Calibration", "Dataset4D", "DatasetError", "open_dataset"]
+__all__ = ["Calibration", "Dataset4D", "DatasetError", "DataWarning", "open_dataset"]

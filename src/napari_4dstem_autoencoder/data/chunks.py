@@ -43,3 +43,26 @@ def rechunk_whole_patterns(data: da.Array, target_bytes: int = DEFAULT_CHUNK_BYT
     if tuple(max(c) for c in data.chunks) == chunks:
         return data
     return data.rechunk(chunks)
+
+
+def strided_read_bytes(shape: tuple[int, ...], itemsize: int, stride: int,
+                       file_chunk_scan: tuple[int, int] = (1, 1)) -> int:
+    """Bytes the file library decodes to read every ``stride``-th position along both scan axes.
+
+    ``file_chunk_scan`` is how many scan positions (rows, columns) one storage chunk of the file
+    spans (``Dataset4D.metadata["file_chunk_scan"]``; (1, 1) for memory maps and per-pattern
+    chunks): a chunk is decoded whole as soon as one of its positions is read, so a strided read
+    of a file chunked in blocks of 16 x 16 positions costs up to 256 patterns per position read.
+    """
+    ry, rx, qy, qx = (int(s) for s in shape[:4])
+    cy, cx = (max(1, int(c)) for c in file_chunk_scan)
+    stride = max(1, int(stride))
+    pattern = qy * qx * itemsize
+
+    def touched(n: int, c: int) -> int:  # positions decoded along one axis
+        reads = -(-n // stride)
+        if stride >= c:  # every read position lies in its own chunk
+            return min(n, reads * c)
+        return n  # consecutive reads share chunks: every chunk along the axis is decoded
+
+    return touched(ry, cy) * touched(rx, cx) * pattern

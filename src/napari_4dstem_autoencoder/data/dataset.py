@@ -97,19 +97,46 @@ class Dataset4D:
     def patterns(self, flat_indices: np.ndarray | list[int]) -> np.ndarray:
         """Patterns at flat scan indices (row-major), shaped (N, Qy, Qx), in the file's dtype.
 
-        Reads in sorted order (friendlier to chunked storage) and returns in the order asked.
+        Reads each file chunk at most once, never a whole chunk for a few scattered patterns,
+        and returns them in the order asked.
         """
         idx = np.asarray(flat_indices, dtype=np.int64).ravel()
         if idx.size == 0:
             return np.empty((0, *self.detector_shape), dtype=self.dtype)
         if idx.min() < 0 or idx.max() >= self.n_patterns:
             raise IndexError(f"pattern index out of range 0..{self.n_patterns - 1}")
-        order = np.argsort(idx, kind="stable")
-        flat = self.data.reshape((self.n_patterns, *self.detector_shape))
-        got = np.asarray(flat[idx[order]].compute())
-        out = np.empty_like(got)
-        out[order] = got
-        return out
+        # Per dask chunk, the patterns asked for are read as one box (scan rows x columns) when
+        # they fill at least a quarter of it (or are many), else one by one. A plain slice
+        # reaches the file library as that selection (dask fuses it into the read) unless
+        # another slice of the same chunk is computed with it, so the lone reads of one chunk
+        # go in separate rounds: a few scattered patterns never read whole chunks.
+        unique, inverse = np.unique(idx, return_inverse=True)
+        rows, cols = np.divmod(unique, self.scan_shape[1])
+        row_edges = np.cumsum((0, *self.data.chunks[0]))
+        col_edges = np.cumsum((0, *self.data.chunks[1]))
+        block = (np.searchsorted(row_edges, rows, side="right") * len(col_edges)
+                 + np.searchsorted(col_edges, cols, side="right"))
+        rounds: list[list[tuple[np.ndarray, Any, Any]]] = [[]]  # (members, array, pick)
+        for b in np.unique(block):
+            members = np.flatnonzero(block == b)
+            r, c = rows[members], cols[members]
+            r0, r1, c0, c1 = int(r.min()), int(r.max()) + 1, int(c.min()), int(c.max()) + 1
+            if (r1 - r0) * (c1 - c0) <= 4 * len(members) or len(members) > 32:
+                rounds[0].append((members, self.data[r0:r1, c0:c1], (r - r0, c - c0)))
+                continue
+            for k, m in enumerate(members):
+                if k >= len(rounds):
+                    rounds.append([])
+                rounds[k].append((np.array([m]), self.data[int(rows[m]), int(cols[m])], None))
+        import dask
+
+        out = np.empty((len(unique), *self.detector_shape), dtype=self.dtype)
+        for parts in rounds:
+            got = dask.compute(*[array for _, array, _ in parts])
+            for (members, _, pick), values in zip(parts, got):
+                values = np.asarray(values)
+                out[members] = values[pick] if pick is not None else values[None]
+        return out[inverse]
 
     # -- lifetime ------------------------------------------------------------------------
     def add_closer(self, closer: Callable[[], None]) -> None:

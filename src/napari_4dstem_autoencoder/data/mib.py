@@ -37,7 +37,8 @@ def mib_frame_layout(path: Path) -> tuple[int, int, int, int]:
 
 def header_frame_count(hdr: Path) -> int | None:
     """'Frames in Acquisition' from a Merlin .hdr text header, or None when it is not there."""
-    text = hdr.read_text(errors="replace")
+    with open(hdr, "rb") as fh:  # a Merlin header is ~2 kB; never read a huge file whole
+        text = fh.read(1 << 16).decode("latin-1")
     match = re.search(r"Frames in Acquisition \(Number\):\s*(\d+)", text)
     return int(match.group(1)) if match else None
 

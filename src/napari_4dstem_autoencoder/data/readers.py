@@ -13,14 +13,30 @@ Axis rules (documented in docs/data.md):
   warning); otherwise a clear error.
 - A 5-D array (extra leading axis, e.g. Prismatic's CBED depth) is reduced by
   ``depth_index`` (default 0) with a warning naming the axis.
+
+How the lazy array reads (``data/file_array.py``): every dataset's dask array reads through one
+:class:`FileArray` over the file's own array (an h5py or zarr dataset, a memory map, or
+rosettasciio's lazy array). It presents (Ry, Rx, Qy, Qx) without dask reshapes, so a dask slice of one pattern (or a
+strided navigator grid) reaches the file library as that selection and reads only those
+patterns; it applies per-read conversions (Arina's uint16, a complex magnitude); and a failed
+read raises :class:`DatasetError` naming the file and the scan positions.
+
+What a file cannot do (docs/data.md, "Bad input"): run code (object arrays are refused before
+anything decodes them: zarr metadata is inspected first, ``.npy`` loads with
+``allow_pickle=False``, HDF5 object/reference datasets are never pattern data), or open
+silently when its values are not what they seem (:class:`DataWarning`: all zero, constant,
+never written, negative counts; complex data is refused unless ``complex_data="magnitude"``).
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
 import re
+import stat
+import struct
 import warnings
 from pathlib import Path
 from typing import Any, Callable
@@ -28,9 +44,11 @@ from typing import Any, Callable
 import dask.array as da
 import numpy as np
 
-from .chunks import rechunk_whole_patterns, scan_chunks
 from .dataset import Calibration, Dataset4D
-from .errors import DatasetError
+from .errors import DataWarning, DatasetError
+from .file_array import Concat, FileArray, Source, as_source, dask_chunks, dask_name, plain_source
+from .quality import inspect_values
+from .zarr_safety import check_zarr_store
 
 #: suffix -> format name (the value of ``metadata["format"]``)
 SUFFIX_FORMATS: dict[str, str] = {
@@ -45,15 +63,16 @@ SUFFIX_FORMATS: dict[str, str] = {
     ".npy": "npy",
 }
 
-#: budget for checking every value for NaN/Inf when opening float data; beyond it a sample
-FINITE_CHECK_BYTES = 64 * 2**20
+#: ``open_dataset(complex_data=...)``: refuse complex values, or use their magnitude |z|
+COMPLEX_MODES = ("refuse", "magnitude")
 
 _ARINA_DATA = re.compile(r"^(?P<stem>.+)_data_\d{6}\.h5$")
 
 
 def open_dataset(path: str | os.PathLike[str], *, scan_shape: tuple[int, int] | None = None,
                  dataset: str | int | None = None, depth_index: int = 0,
-                 check_finite: bool = True, **options: Any) -> Dataset4D:
+                 check_finite: bool = True, check_quality: bool = True,
+                 complex_data: str = "refuse", **options: Any) -> Dataset4D:
     """Open a 4D-STEM file lazily.
 
     Parameters
@@ -69,35 +88,39 @@ def open_dataset(path: str | os.PathLike[str], *, scan_shape: tuple[int, int] | 
     depth_index
         Index along the extra leading axis of 5-D data.
     check_finite
-        For float data, check for NaN/Inf (every value up to 64 MiB, else a sample of patterns).
+        For float data, raise on NaN/Inf (every value up to 64 MiB, else a sample of patterns).
+    check_quality
+        Warn (:class:`DataWarning`) when the data is all zero, constant, never written (HDF5
+        chunks that do not exist) or holds negative counts, from the same bounded sample. The
+        problems found are also listed in ``metadata["warnings"]``.
+    complex_data
+        ``"refuse"`` (default): complex values raise :class:`DatasetError`; ``"magnitude"``:
+        open their magnitude |z| as float32 (complex64) or float64 (complex128).
     options
         Passed to the rosettasciio reader (e.g. ``chunks=``).
     """
-    path = _check_path(Path(path))
-    path = primary_file(path)
+    if complex_data not in COMPLEX_MODES:
+        raise ValueError(f"complex_data must be one of {COMPLEX_MODES}, got {complex_data!r}")
+    given = _check_path(Path(path))
+    path = primary_file(given)
+    if path != given:
+        path = _check_path(path)
     fmt = SUFFIX_FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise DatasetError(path, f"not a 4D-STEM file: the file type {path.suffix or '(none)'!r} is "
                                  f"not one of {', '.join(sorted(set(SUFFIX_FORMATS)))}")
     closers: list[Callable[[], None]] = []
     try:
-        data, calib, meta, recorded_scan = _READERS[fmt](path, dataset, closers, options)
-        data = _to_4d(path, data, scan_shape, recorded_scan, depth_index, meta)
-        if 0 in data.shape:
-            raise DatasetError(path, f"the dataset is empty (shape {tuple(data.shape)})")
-        data = rechunk_whole_patterns(data)
-        ds = Dataset4D(data=data, calibration=calib, metadata=meta, path=path)
-        for closer in closers:
-            ds.add_closer(closer)
-        if check_finite and np.issubdtype(data.dtype, np.floating):
-            _check_finite(ds)
-        return ds
+        return _open(path, fmt, closers, scan_shape, dataset, depth_index, check_finite,
+                     check_quality, complex_data, options)
     except BaseException as exc:
         for closer in reversed(closers):
             try:
                 closer()
             except Exception:
                 pass
+        # the traceback's frames hold the file's array (a memory map keeps its file open)
+        _release_frames(exc)
         if isinstance(exc, DatasetError):
             raise
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):
@@ -108,15 +131,68 @@ def open_dataset(path: str | os.PathLike[str], *, scan_shape: tuple[int, int] | 
         raise DatasetError(path, f"could not be read as {fmt}: {type(exc).__name__}: {exc}") from exc
 
 
+def _open(path: Path, fmt: str, closers: list, scan_shape: Any, dataset: Any, depth_index: int,
+          check_finite: bool, check_quality: bool, complex_data: str,
+          options: dict[str, Any]) -> Dataset4D:
+    source, calib, meta, recorded = _READERS[fmt](path, dataset, closers, options, scan_shape)
+    array = _scan_array(path, as_source(source), scan_shape, recorded, depth_index, meta)
+    _check_value_type(path, array, complex_data, meta)
+    data = da.from_array(array, chunks=dask_chunks(array), name=dask_name(path, array, meta),
+                         meta=np.empty((0, 0, 0, 0), dtype=array.dtype))
+    meta["file_chunk_scan"] = array.file_chunk_scan()
+    ds = Dataset4D(data=data, calibration=calib, metadata=meta, path=path)
+    for closer in closers:
+        ds.add_closer(closer)
+    if check_finite or check_quality:
+        inspect_values(ds, array, check_finite, check_quality)
+    return ds
+
+
+def _release_frames(exc: BaseException) -> None:
+    import traceback
+
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if e.__traceback__ is not None:
+            traceback.clear_frames(e.__traceback__)
+        todo += [e.__cause__, e.__context__]
+
+
 # -- paths ---------------------------------------------------------------------------------
 
+_SPECIAL_FILES = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
+                  (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
 def _check_path(path: Path) -> Path:
-    if not path.exists():
-        raise DatasetError(path, "no such file")
-    if path.is_dir():
+    """Stat the path once and say exactly what is wrong with it; open nothing."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise DatasetError(path, "is a symbolic link loop (following its links leads back to "
+                                     "itself, or through too many links)") from None
+        if exc.errno == errno.ENOENT and os.path.islink(path):
+            raise DatasetError(path, f"is a dangling symbolic link: its target "
+                                     f"{os.readlink(path)!r} does not exist") from None
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            raise DatasetError(path, "no such file") from None
+        if exc.errno == errno.EACCES:
+            raise DatasetError(path, "cannot be read (permission denied)") from None
+        raise DatasetError(path, f"cannot be opened: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(st.st_mode):
         if path.suffix.lower() != ".zspy":
             raise DatasetError(path, "is a folder, not a 4D-STEM file")
-    elif path.stat().st_size == 0:
+    elif not stat.S_ISREG(st.st_mode):
+        kind = next((name for test, name in _SPECIAL_FILES if test(st.st_mode)), "a special file")
+        raise DatasetError(path, f"is not a regular file ({kind}); 4D-STEM data must be a file "
+                                 "on disk")
+    elif st.st_size == 0:
         raise DatasetError(path, "the file is empty (0 bytes)")
     if not os.access(path, os.R_OK):
         raise DatasetError(path, "cannot be read (permission denied)")
@@ -146,17 +222,21 @@ def primary_file(path: Path) -> Path:
 
 def empad_header_for(raw: Path) -> Path | None:
     """The EMPAD .xml in the same folder that names ``raw`` (or the only .xml there)."""
-    xmls = sorted(raw.parent.glob("*.xml"))
+    xmls = sorted(x for x in raw.parent.glob("*.xml") if x.is_file())  # never a FIFO: it blocks
     for xml in xmls:
         try:
-            if raw.name in xml.read_text(errors="replace"):
-                return xml
+            with open(xml, "rb") as fh:
+                if raw.name.encode() in fh.read(1 << 20):
+                    return xml
         except OSError:
             continue
     return xmls[0] if len(xmls) == 1 else None
 
 
-# -- format readers: each returns (array, calibration, metadata, recorded scan shape) --------
+# -- format readers: each returns (source, calibration, metadata, recorded scan shape) -------
+#
+# The source is the file's array as the format library gives it (an h5py dataset, rosettasciio's
+# lazy dask array, a memory map) or a :class:`Source` that says more (a per-read conversion).
 
 Read = tuple[Any, Calibration, dict[str, Any], "tuple[int, int] | None"]
 
@@ -169,11 +249,11 @@ def _rsciio_module(fmt: str) -> Any:
 
 
 def _read_rsciio(fmt: str, path: Path, dataset: str | int | None, closers: list,
-                 options: dict[str, Any]) -> Read:
+                 options: dict[str, Any], scan_shape: Any = None) -> Read:
     if fmt == "blockfile":
-        with open(path, "rb") as fh:
-            if fh.read(6) != b"IMGBLO":
-                raise DatasetError(path, "not a NanoMegas blockfile (no 'IMGBLO' signature)")
+        check_blockfile_size(path)
+    if fmt == "zspy":
+        check_zarr_store(path)  # before zarr or rosettasciio decodes anything
     module = _rsciio_module(fmt)
     kwargs = dict(options)
     if fmt == "zspy":
@@ -186,14 +266,64 @@ def _read_rsciio(fmt: str, path: Path, dataset: str | int | None, closers: list,
     return _signal_to_read(path, fmt, _pick_signal(path, signals, dataset))
 
 
-def _read_mib(path: Path, dataset: str | int | None, closers: list, options: dict[str, Any]) -> Read:
+def _read_mib(path: Path, dataset: str | int | None, closers: list, options: dict[str, Any],
+              scan_shape: Any = None) -> Read:
     from .mib import check_mib_size
 
-    check_mib_size(path)
-    return _read_rsciio("quantumdetector", path, dataset, closers, options)
+    frames = check_mib_size(path)
+    hdr = path.with_suffix(".hdr")
+    options = dict(options)
+    if scan_shape is not None and "navigation_shape" not in options:
+        # the caller knows the scan: read every frame as a stack, reshaped by the scan shape
+        options["navigation_shape"] = (frames,)
+    read = _read_rsciio("quantumdetector", path, dataset, closers, options)
+    shape = tuple(int(n) for n in read[0].array.shape)
+    used = math.prod(shape[:-2])
+    if "navigation_shape" not in options and (not hdr.is_file() or used != frames):
+        left = ("" if used >= frames else "; the last frame is left out" if frames - used == 1
+                else f"; the last {frames - used} frames are left out")
+        origin = (f"there is no {hdr.name} beside it, so" if not hdr.is_file()
+                  else f"{hdr.name} does not say how the frames lie on the scan, so")
+        fix = (f"pass scan_shape=(rows, columns) with rows x columns = {frames}, or put the "
+               "acquisition's .hdr beside the file")
+        if len(shape) == 4:
+            guess = f"{shape[0]}x{shape[1]}"
+            problem = (f"{origin} the scan shape was guessed from the frame time stamps: {guess} "
+                       f"({used} of the {frames} frames in the file{left}). If the scan was not "
+                       f"{guess} (an interrupted acquisition, or a wrong guess), {fix}")
+        else:
+            problem = (f"{origin} the scan shape is unknown: {used} of the {frames} frames in the "
+                       f"file were read as a stack{left}; {fix}")
+        warnings.warn(DataWarning(path, problem), stacklevel=4)
+        read[2]["scan_shape_guessed"] = True
+    return read
 
 
-def _read_hdf5(path: Path, dataset: str | int | None, closers: list, options: dict[str, Any]) -> Read:
+def check_blockfile_size(path: Path) -> None:
+    """Signature, then the file size against the header (rosettasciio opens a cut file lazily)."""
+    layout = "<6sHIIIHHHH"  # ID, MAGIC, offset 1 (VBF), offset 2 (patterns), ?, DP_SZ, rot, NX, NY
+    with open(path, "rb") as fh:
+        head = fh.read(struct.calcsize(layout))
+    if head[:6] != b"IMGBLO":
+        raise DatasetError(path, "not a NanoMegas blockfile (no 'IMGBLO' signature)")
+    if len(head) < struct.calcsize(layout):
+        raise DatasetError(path, f"truncated blockfile: {len(head)} bytes, shorter than its header")
+    _, _, _, offset2, _, dp, _, nx, ny = struct.unpack(layout, head)
+    expected = offset2 + nx * ny * (6 + dp * dp)
+    size = path.stat().st_size
+    if nx * ny * dp == 0:
+        raise DatasetError(path, f"the blockfile header describes an empty scan ({ny}x{nx} patterns "
+                                 f"of {dp}x{dp} pixels)")
+    if size < expected:
+        missing = expected - size
+        raise DatasetError(path, (
+            f"truncated blockfile: the header describes {ny}x{nx} patterns of {dp}x{dp} pixels "
+            f"after a {offset2}-byte header, {expected} bytes in all, but the file holds {size} "
+            f"bytes ({missing} bytes, about {math.ceil(missing / (6 + dp * dp))} patterns, missing)"))
+
+
+def _read_hdf5(path: Path, dataset: str | int | None, closers: list, options: dict[str, Any],
+               scan_shape: Any = None) -> Read:
     import h5py
 
     from . import hdf5
@@ -206,9 +336,9 @@ def _read_hdf5(path: Path, dataset: str | int | None, closers: list, options: di
         f.close()
         return _read_rsciio("emd", path, dataset, closers, options)
     candidates = hdf5.find_pattern_datasets(f)
-    if not candidates:
-        raise DatasetError(path, "not a 4D-STEM file: it holds no 3-D or 4-D numeric dataset")
     if dataset is None:
+        if not candidates:
+            raise DatasetError(path, "not a 4D-STEM file: it holds no 3-D or 4-D numeric dataset")
         if len(candidates) > 1:
             listing = "; ".join(f"{name} {shape}" for name, shape in candidates)
             raise DatasetError(path, f"several datasets could be the 4D-STEM data ({listing}); "
@@ -220,24 +350,13 @@ def _read_hdf5(path: Path, dataset: str | int | None, closers: list, options: di
             listing = ", ".join(c[0] for c in candidates) or "none"
             raise DatasetError(path, f"no dataset {name!r}; candidates: {listing}")
     ds = f[name]
+    problem = hdf5.pattern_dtype_problem(ds.dtype)
+    if problem:  # refused before reading a value
+        raise DatasetError(path, f"dataset {name} {problem}; 4D-STEM patterns are numbers")
     recorded = hdf5.recorded_scan_shape(f, name)
-    chunks = _h5_chunks(ds)
-    data = da.from_array(ds, chunks=chunks, name=f"h5-{path.name}-{name}-{os.stat(path).st_mtime_ns}")
     calib = _h5_calibration(ds)
     meta = {"format": "hdf5", "hdf5_path": name, "title": name.rsplit("/", 1)[-1]}
-    return data, calib, meta, recorded
-
-
-def _h5_chunks(ds: Any) -> tuple[int, ...]:
-    if ds.ndim == 4:
-        return scan_chunks(ds.shape, ds.dtype.itemsize, ds.chunks)
-    if ds.ndim == 3:
-        per = ds.shape[1] * ds.shape[2] * ds.dtype.itemsize
-        n = max(1, (64 * 2**20) // max(per, 1))
-        if ds.chunks:
-            n = max(ds.chunks[0], n // ds.chunks[0] * ds.chunks[0])
-        return (min(n, ds.shape[0]), ds.shape[1], ds.shape[2])
-    return tuple(ds.chunks or ds.shape)
+    return Source(ds, label=f"dataset {name}"), calib, meta, recorded
 
 
 def _h5_calibration(ds: Any) -> Calibration:
@@ -246,12 +365,15 @@ def _h5_calibration(ds: Any) -> Calibration:
     kwargs: dict[str, Any] = {}
     for key in ("scan_step", "detector_step"):
         if key in attrs:
-            v = np.ravel(attrs[key]).astype(float)
-            kwargs[key] = (float(v[0]), float(v[-1]))
+            try:
+                v = np.ravel(attrs[key]).astype(float)
+                kwargs[key] = (float(v[0]), float(v[-1]))
+            except (TypeError, ValueError, IndexError):
+                pass
     for key in ("scan_unit", "detector_unit"):
         if key in attrs:
             v = attrs[key]
-            kwargs[key] = v.decode() if isinstance(v, bytes) else str(v)
+            kwargs[key] = v.decode(errors="replace") if isinstance(v, bytes) else str(v)
     return Calibration(**kwargs)
 
 
@@ -262,30 +384,41 @@ def _read_arina(path: Path, f: Any, closers: list) -> Read:
     # externally linked data files stay open after the master closes: close each of them
     closers.extend(s.file.close for s in stacks)
     info = hdf5.arina_calibration(f)
-    parts = [da.from_array(s, chunks=(max(1, min(s.shape[0], (64 * 2**20) // (s.shape[1] * s.shape[2] * s.dtype.itemsize))),
-                                      s.shape[1], s.shape[2])) for s in stacks]
-    data = da.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
+    source = Source(Concat(stacks) if len(stacks) > 1 else stacks[0], label="frames")
     # DECTRIS writes counts into uint32 containers even when the detector saturates far below
     # 2**16 (here 8352); keep uint16 then, as rosettasciio does, so a scan takes half the memory.
-    if data.dtype == np.uint32 and (info.get("saturation_value", 2**32) < 2**16
-                                    or info.get("bit_depth", 32) <= 16):
-        data = data.astype(np.uint16)
+    if stacks[0].dtype == np.uint32 and (info.get("saturation_value", 2**32) < 2**16
+                                         or info.get("bit_depth", 32) <= 16):
+        source.dtype = np.dtype(np.uint16)
+        source.convert = lambda x: x.astype(np.uint16)
     step = info.get("detector_step")
     calib = Calibration(detector_step=(step, step) if step else (1.0, 1.0),
                         detector_unit=info.get("detector_unit", "px"))
     meta = {"format": "arina", "title": path.stem.replace("_master", ""),
             "n_data_files": len(stacks)}
-    return data, calib, meta, None
+    return source, calib, meta, None
 
 
-def _read_npy(path: Path, dataset: str | int | None, closers: list, options: dict[str, Any]) -> Read:
-    arr = np.load(path, mmap_mode="r", allow_pickle=False)
-    if arr.ndim == 4:
-        chunks: Any = scan_chunks(arr.shape, arr.dtype.itemsize)
-    else:
-        chunks = "auto"
-    data = da.from_array(arr, chunks=chunks, name=f"npy-{path.name}-{os.stat(path).st_mtime_ns}")
-    return data, Calibration(), {"format": "npy", "title": path.stem}, None
+def _read_npy(path: Path, dataset: str | int | None, closers: list, options: dict[str, Any],
+              scan_shape: Any = None) -> Read:
+    refusal = ("holds Python objects (a pickled object array); refused without loading it, "
+               "because unpickling runs code from the file")
+    with open(path, "rb") as fh:  # the header only: refuse pickled object arrays by their dtype
+        try:
+            version = np.lib.format.read_magic(fh)
+            header = (np.lib.format.read_array_header_1_0(fh) if version == (1, 0)
+                      else np.lib.format.read_array_header_2_0(fh) if version == (2, 0) else None)
+        except ValueError as exc:
+            raise DatasetError(path, f"not a valid .npy file ({exc})") from None
+    if header is not None and np.dtype(header[2]).hasobject:
+        raise DatasetError(path, refusal)
+    try:  # allow_pickle=False: numpy itself never unpickles here either
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError as exc:
+        if "object" in str(exc).lower() or "pickle" in str(exc).lower():
+            raise DatasetError(path, refusal) from None
+        raise
+    return Source(arr, label="array"), Calibration(), {"format": "npy", "title": path.stem}, None
 
 
 _READERS: dict[str, Callable[..., Read]] = {
@@ -294,7 +427,7 @@ _READERS: dict[str, Callable[..., Read]] = {
     "npy": _read_npy,
 }
 for _fmt in ("blockfile", "digitalmicrograph", "emd", "empad", "hspy", "zspy", "tvips"):
-    _READERS[_fmt] = (lambda fmt: lambda p, d, c, o: _read_rsciio(fmt, p, d, c, o))(_fmt)
+    _READERS[_fmt] = (lambda fmt: lambda p, d, c, o, s=None: _read_rsciio(fmt, p, d, c, o))(_fmt)
 
 
 # -- rosettasciio signal dictionaries --------------------------------------------------------
@@ -328,25 +461,25 @@ def _pick_signal(path: Path, signals: list[dict[str, Any]], which: str | int | N
 
 def _signal_to_read(path: Path, fmt: str, sig: dict[str, Any]) -> Read:
     data = sig["data"]
-    if not isinstance(data, da.Array):
-        data = da.from_array(data, chunks="auto")
     axes = sig.get("axes", [])
+    ndim = np.ndim(data)
     calib = Calibration()
-    if len(axes) == data.ndim and data.ndim >= 4:
+    if len(axes) == ndim and ndim >= 4:
         ny, nx, qy, qx = axes[-4], axes[-3], axes[-2], axes[-1]
         calib = Calibration(
             scan_step=(_scale(ny), _scale(nx)), scan_unit=_unit(ny, nx),
             detector_step=(_scale(qy), _scale(qx)), detector_unit=_unit(qy, qx),
         )
-    elif len(axes) == data.ndim == 3:
+    elif len(axes) == ndim == 3:
         qy, qx = axes[-2], axes[-1]
         calib = Calibration(detector_step=(_scale(qy), _scale(qx)), detector_unit=_unit(qy, qx))
     general = sig.get("metadata", {}).get("General", {})
     meta: dict[str, Any] = {"format": fmt, "title": general.get("title") or path.stem,
                             "axes_names": [str(a.get("name", "")) for a in axes]}
-    if data.ndim == 5 and axes:
-        meta["extra_axis"] = {"name": str(axes[0].get("name", "")), "size": int(data.shape[0])}
-    return data, calib, meta, None
+    if ndim == 5 and axes:
+        meta["extra_axis"] = {"name": str(axes[0].get("name", "")), "size": int(np.shape(data)[0])}
+    label = f"signal {meta['title']!r}"
+    return Source(plain_source(data), label=label), calib, meta, None
 
 
 def _scale(axis: dict[str, Any]) -> float:
@@ -385,58 +518,75 @@ def _graph_closers(data: Any) -> list[Callable[[], None]]:
 
 # -- shape rules -----------------------------------------------------------------------------
 
-def _to_4d(path: Path, data: Any, scan_shape: tuple[int, int] | None,
-           recorded: tuple[int, int] | None, depth_index: int, meta: dict[str, Any]) -> da.Array:
-    if not isinstance(data, da.Array):
-        data = da.from_array(data, chunks="auto")
-    if data.ndim == 5:
-        extra = meta.get("extra_axis", {"name": "axis 0", "size": data.shape[0]})
-        if not 0 <= depth_index < data.shape[0]:
+def _scan_array(path: Path, source: Source, scan_shape: tuple[int, int] | None,
+                recorded: tuple[int, int] | None, depth_index: int, meta: dict[str, Any]) -> FileArray:
+    shape = tuple(int(s) for s in source.array.shape)
+    lead: tuple[int, ...] = ()
+    if len(shape) == 5:
+        extra = meta.get("extra_axis", {"name": "axis 0", "size": shape[0]})
+        if not 0 <= depth_index < shape[0]:
             raise DatasetError(path, f"5-D data: depth_index {depth_index} is outside the "
-                                     f"{extra['name'] or 'leading'} axis of size {data.shape[0]}")
-        warnings.warn(f"{path.name}: 5-D data {tuple(data.shape)}; using index {depth_index} of the "
-                      f"leading axis {extra['name']!r} (choose another with depth_index=)", stacklevel=3)
-        data = data[depth_index]
+                                     f"{extra['name'] or 'leading'} axis of size {shape[0]}")
+        warnings.warn(DataWarning(path, (
+            f"5-D data {shape}; using index {depth_index} of the leading axis "
+            f"{extra['name']!r} (choose another with depth_index=)")), stacklevel=4)
+        lead, shape = (depth_index,), shape[1:]
         meta["depth_index"] = depth_index
-    if data.ndim == 3:
-        n = data.shape[0]
-        shape = scan_shape or recorded
-        if shape is None:
+    if len(shape) == 3:
+        n = shape[0]
+        grid = scan_shape or recorded
+        if grid is None:
             side = math.isqrt(n)
             if side * side != n:
                 raise DatasetError(path, f"a stack of {n} patterns with no scan shape recorded; "
                                          "pass scan_shape=(rows, columns)")
-            shape = (side, side)
-            warnings.warn(f"{path.name}: {n} patterns with no scan shape recorded; assuming a "
-                          f"square {side}x{side} scan (pass scan_shape= to override)", stacklevel=3)
+            grid = (side, side)
+            warnings.warn(DataWarning(path, (
+                f"{n} patterns with no scan shape recorded; assuming a square {side}x{side} "
+                "scan (pass scan_shape= to override)")), stacklevel=4)
             meta["scan_shape_assumed"] = True
-        if shape[0] * shape[1] != n:
-            raise DatasetError(path, f"scan shape {tuple(shape)} needs {shape[0] * shape[1]} patterns "
+        if grid[0] * grid[1] != n:
+            raise DatasetError(path, f"scan shape {tuple(grid)} needs {grid[0] * grid[1]} patterns "
                                      f"but the file holds {n}")
-        data = data.reshape(int(shape[0]), int(shape[1]), *data.shape[1:])
-    elif data.ndim == 4 and scan_shape is not None and tuple(scan_shape) != tuple(data.shape[:2]):
-        if scan_shape[0] * scan_shape[1] != data.shape[0] * data.shape[1]:
-            raise DatasetError(path, f"scan shape {tuple(scan_shape)} does not fit the "
-                                     f"{data.shape[0]}x{data.shape[1]} positions in the file")
-        data = data.reshape(int(scan_shape[0]), int(scan_shape[1]), *data.shape[2:])
-    if data.ndim != 4:
-        raise DatasetError(path, f"not 4D-STEM data: the array has {data.ndim} axes "
-                                 f"{tuple(data.shape)}, expected (scan y, scan x, detector y, detector x)")
-    if min(data.shape[2:]) < 2:
-        raise DatasetError(path, f"detector axes {tuple(data.shape[2:])} are too small for patterns")
-    return data
-
-
-def _check_finite(ds: Dataset4D) -> None:
-    nbytes = ds.data.nbytes
-    if nbytes <= FINITE_CHECK_BYTES:
-        bad = int((~da.isfinite(ds.data)).sum().compute())
-        where = "values"
+        array = FileArray(path, source, (int(grid[0]), int(grid[1])), "stack", lead)
+    elif len(shape) == 4:
+        mode, grid = "grid", shape[:2]
+        if scan_shape is not None and tuple(scan_shape) != tuple(shape[:2]):
+            if scan_shape[0] * scan_shape[1] != shape[0] * shape[1]:
+                raise DatasetError(path, f"scan shape {tuple(scan_shape)} does not fit the "
+                                         f"{shape[0]}x{shape[1]} positions in the file")
+            mode, grid = "regrid", (int(scan_shape[0]), int(scan_shape[1]))
+        array = FileArray(path, source, grid, mode, lead)
     else:
-        n = min(64, ds.n_patterns)
-        idx = np.unique(np.linspace(0, ds.n_patterns - 1, n).astype(np.int64))
-        bad = int((~np.isfinite(ds.patterns(idx))).sum())
-        where = f"values in {len(idx)} sampled patterns"
-    if bad:
-        raise DatasetError(ds.path, f"the data contains {bad} NaN or Inf {where}; 4D-STEM counts must "
-                                    "be finite (open with check_finite=False to inspect it anyway)")
+        raise DatasetError(path, f"not 4D-STEM data: the array has {len(shape)} axes "
+                                 f"{shape}, expected (scan y, scan x, detector y, detector x)")
+    if min(array.shape[2:]) < 2:
+        raise DatasetError(path, f"detector axes {tuple(array.shape[2:])} are too small for patterns")
+    return array
+
+
+def _check_value_type(path: Path, array: FileArray, complex_data: str, meta: dict[str, Any]) -> None:
+    """Refuse what is not numbers (before reading a value); complex -> refuse or magnitude."""
+    dtype = array.dtype
+    if dtype.kind == "O":
+        raise DatasetError(path, f"the {array.source.label} holds Python objects (object dtype), "
+                                 "not numbers; refused without reading it")
+    if dtype.kind in "SUaV":
+        raise DatasetError(path, f"the {array.source.label} holds {dtype} records or strings, "
+                                 "not numbers")
+    if dtype.kind == "b":
+        raise DatasetError(path, f"the {array.source.label} holds booleans, not counts")
+    if dtype.kind == "c":
+        if complex_data != "magnitude":
+            raise DatasetError(path, (
+                f"the {array.source.label} holds complex values ({dtype}); diffraction counts are "
+                "real. Open with complex_data='magnitude' to use their magnitude |z| (the phase "
+                "is dropped)"))
+        real = np.float32 if dtype.itemsize <= 8 else np.float64
+        previous = array.convert
+        array.convert = (lambda x: np.abs(x).astype(real)) if previous is None else \
+            (lambda x: np.abs(previous(x)).astype(real))
+        array.dtype = np.dtype(real)
+        meta["complex_data"] = "magnitude"
+    elif dtype.kind not in "iuf":
+        raise DatasetError(path, f"the {array.source.label} holds {dtype} values, not numbers")
