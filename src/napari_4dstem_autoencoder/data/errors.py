@@ -16,25 +16,21 @@ def _where(path: Path | None) -> str:
     return str(path) if path is not None else "<array>"
 
 
-class DatasetError(ValueError):
+class _AboutAFile:
+    """A message that starts with the file it is about, keeping the path and the problem."""
+
+    def __init__(self, path: str | Path | None, problem: str) -> None:
+        self.path = Path(path) if path is not None else None
+        self.problem = problem
+        super().__init__(f"{_where(self.path)}: {problem}")
+
+    def __reduce__(self):  # picklable (worker processes) although __init__ takes two arguments
+        return type(self), (self.path, self.problem)
+
+
+class DatasetError(_AboutAFile, ValueError):
     """A file could not be opened as a 4D-STEM dataset (message names the file and the problem)."""
 
-    def __init__(self, path: str | Path | None, problem: str) -> None:
-        self.path = Path(path) if path is not None else None
-        self.problem = problem
-        super().__init__(f"{_where(self.path)}: {problem}")
 
-    def __reduce__(self):  # picklable (worker processes) although __init__ takes two arguments
-        return type(self), (self.path, self.problem)
-
-
-class DataWarning(UserWarning):
+class DataWarning(_AboutAFile, UserWarning):
     """A file opened, but its data is suspicious (message names the file and the problem)."""
-
-    def __init__(self, path: str | Path | None, problem: str) -> None:
-        self.path = Path(path) if path is not None else None
-        self.problem = problem
-        super().__init__(f"{_where(self.path)}: {problem}")
-
-    def __reduce__(self):  # picklable (worker processes) although __init__ takes two arguments
-        return type(self), (self.path, self.problem)
