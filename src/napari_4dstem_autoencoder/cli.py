@@ -462,7 +462,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # ValueError covers DatasetError and CheckpointError (both name the file)
         if args.verbose:
             logging.getLogger("stem-ae").exception("details")
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        text = str(exc)
+        if isinstance(exc, OSError) and exc.strerror and exc.filename is None:
+            text = exc.strerror  # ours name the path already: no "[Errno 28]" prefix
+        message = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
         print(f"stem-ae: error: {message}", file=sys.stderr)
         return EXIT_USAGE
 
