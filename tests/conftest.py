@@ -38,3 +38,21 @@ def real_data_dir() -> Path:
     if not REAL_DATA_DIR.is_dir():
         pytest.skip(f"real data folder not found at {REAL_DATA_DIR}")
     return REAL_DATA_DIR
+
+
+@pytest.fixture
+def count_h5_reads(monkeypatch):
+    """Elements read through h5py, one entry per read of any dataset (tests bound them)."""
+    import h5py
+    import numpy as np
+
+    reads: list[int] = []
+    original = h5py.Dataset.__getitem__
+
+    def counting(self, key, *args, **kwargs):
+        out = original(self, key, *args, **kwargs)
+        reads.append(int(np.asarray(out).size))
+        return out
+
+    monkeypatch.setattr(h5py.Dataset, "__getitem__", counting)
+    return reads

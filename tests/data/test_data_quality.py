@@ -25,21 +25,6 @@ def _open_warnings(path, **options) -> tuple[object, list[str]]:
     return ds, messages
 
 
-@pytest.fixture
-def count_h5_reads(monkeypatch):
-    """Patterns' worth of elements read through h5py (every read, of any dataset)."""
-    reads: list[int] = []
-    original = h5py.Dataset.__getitem__
-
-    def counting(self, key, *args, **kwargs):
-        out = original(self, key, *args, **kwargs)
-        reads.append(int(np.asarray(out).size))
-        return out
-
-    monkeypatch.setattr(h5py.Dataset, "__getitem__", counting)
-    return reads
-
-
 def test_all_zero_and_constant_data_warn(tmp_path):
     np.save(tmp_path / "zeros.npy", np.zeros((4, 4, 8, 8), np.uint16))
     np.save(tmp_path / "sevens.npy", np.full((4, 4, 8, 8), 7, np.uint16))

@@ -11,20 +11,6 @@ from napari_4dstem_autoencoder.data import open_dataset
 from napari_4dstem_autoencoder.data.file_array import Concat, FileArray, Source
 
 
-@pytest.fixture
-def count_h5_reads(monkeypatch):
-    reads: list[int] = []
-    original = h5py.Dataset.__getitem__
-
-    def counting(self, key, *args, **kwargs):
-        out = original(self, key, *args, **kwargs)
-        reads.append(int(np.asarray(out).size))
-        return out
-
-    monkeypatch.setattr(h5py.Dataset, "__getitem__", counting)
-    return reads
-
-
 _KEYS = [
     (slice(None),) * 4, (1, 2), (slice(1, 5, 2), slice(None, None, -1)), (-1, slice(0, 3), 2),
     (slice(0, 0),), (slice(2, 3), slice(1, 6, 3), slice(1, 4), slice(None, None, 2)),

@@ -116,26 +116,14 @@ def _record_count() -> int:
     return len(notification_manager.records)
 
 
-def _count_h5_reads(monkeypatch) -> list[int]:
-    reads: list[int] = []
-    original = h5py.Dataset.__getitem__
-
-    def counting(self, key, *args, **kwargs):
-        out = original(self, key, *args, **kwargs)
-        reads.append(int(np.asarray(out).size))
-        return out
-
-    monkeypatch.setattr(h5py.Dataset, "__getitem__", counting)
-    return reads
-
-
-def test_a_sparse_2_tib_hdf5_opens_without_reading_its_fill_values(tmp_path, monkeypatch):
+def test_a_sparse_2_tib_hdf5_opens_without_reading_its_fill_values(tmp_path, monkeypatch,
+                                                                   count_h5_reads):
     path = tmp_path / "allocated_never_written.h5"
     with h5py.File(path, "w") as f:  # 2 TiB on paper, nothing on disk
         f.create_dataset("data", shape=(1024, 1024, 1024, 1024), dtype=np.uint16, chunks=True)
     assert path.stat().st_size < 1e5
     monkeypatch.setattr(hooks, "_recent", {})
-    reads = _count_h5_reads(monkeypatch)
+    reads = count_h5_reads
     start = _record_count()
     reader = hooks.get_reader(str(path))
     assert reader is hooks.read_4dstem
@@ -151,7 +139,8 @@ def test_a_sparse_2_tib_hdf5_opens_without_reading_its_fill_values(tmp_path, mon
     ds.close()
 
 
-def test_a_large_file_gets_a_bounded_strided_navigator_and_says_so(tmp_path, monkeypatch):
+def test_a_large_file_gets_a_bounded_strided_navigator_and_says_so(tmp_path, monkeypatch,
+                                                                  count_h5_reads):
     path = tmp_path / "large.h5"
     rng = np.random.default_rng(0)
     with h5py.File(path, "w") as f:
@@ -164,7 +153,7 @@ def test_a_large_file_gets_a_bounded_strided_navigator_and_says_so(tmp_path, mon
     from napari_4dstem_autoencoder.data import quality
 
     monkeypatch.setattr(quality, "FINITE_CHECK_BYTES", 2**16)
-    reads = _count_h5_reads(monkeypatch)
+    reads = count_h5_reads
     start = _record_count()
     (data, kwargs, _), = hooks.get_reader(str(path))(str(path))
     stride = kwargs["metadata"][hooks.NAVIGATOR_STRIDE_KEY]
