@@ -52,14 +52,11 @@ class Case:
     keep: list[Path] = field(default_factory=list)  # outputs that must survive unchanged
 
 
-def scan(shape=(3, 3, 32, 32), seed=0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    qy, qx = np.mgrid[0:shape[2], 0:shape[3]]
-    out = np.empty(shape, dtype=np.uint16)
-    for i in np.ndindex(*shape[:2]):
-        r = 5 + 4 * ((i[0] + i[1]) % 2)
-        out[i] = rng.poisson(((qy - 16) ** 2 + (qx - 16) ** 2 < r * r) * 200.0 + 2)
-    return out
+def scan() -> np.ndarray:
+    """A 4x4 scan of 32x32 patterns from the package's sample generator (counts)."""
+    from napari_4dstem_autoencoder.data.sample import make_sample_arrays
+
+    return make_sample_arrays(scan_shape=(4, 4), detector_shape=(32, 32))["counts"]
 
 
 def digest(path: Path) -> str:
