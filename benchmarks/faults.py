@@ -226,6 +226,7 @@ def sigterm_trial(d: Path, data: Path) -> dict:
 
 def kill_trials(d: Path, data: Path, n: int, rng: random.Random) -> tuple[int, int, int]:
     """(trials, loadable afterwards, stale temporaries left after the next start)."""
+    from napari_4dstem_autoencoder import _files
     from napari_4dstem_autoencoder.training import checkpoints as ck
 
     out = d / "killed.safetensors"
@@ -246,8 +247,8 @@ def kill_trials(d: Path, data: Path, n: int, rng: random.Random) -> tuple[int, i
             loadable += 1
         except ValueError:
             pass
-        ck.remove_stale_temporaries(d, min_age_s=0)  # what the next start does (age aside)
-        stale += sum(1 for p in d.iterdir() if ck.is_own_temporary(p.name))
+        _files.remove_stale_temporaries(d, min_age_s=0)  # what the next start does (age aside)
+        stale += sum(1 for p in d.iterdir() if _files.is_own_temporary(p.name))
     return n, loadable, stale
 
 

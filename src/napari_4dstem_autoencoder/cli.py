@@ -291,7 +291,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _remove_stale_temporaries(out: Path) -> None:
     """What a killed earlier write left beside ``out`` goes now, not at the first checkpoint
     (``remove_stale_temporaries`` logs a warning naming each file)."""
-    from .training.checkpoints import remove_stale_temporaries
+    from ._files import remove_stale_temporaries
     remove_stale_temporaries(out.parent)
 
 

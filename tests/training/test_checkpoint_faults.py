@@ -20,15 +20,15 @@ import time
 import pytest
 import torch
 
+from napari_4dstem_autoencoder import _files
 from napari_4dstem_autoencoder.data.preprocess import (PreprocessConfig, Preprocessor,
                                                        PreprocessStats)
 from napari_4dstem_autoencoder.model.autoencoder import Autoencoder
 from napari_4dstem_autoencoder.model.config import ModelConfig
 from napari_4dstem_autoencoder.training import checkpoints as ck
-from napari_4dstem_autoencoder.training.checkpoints import (atomic_write_bytes, is_own_temporary,
-                                                            load_checkpoint,
-                                                            remove_stale_temporaries,
-                                                            save_checkpoint)
+from napari_4dstem_autoencoder._files import (atomic_write_bytes, is_own_temporary,
+                                             remove_stale_temporaries)
+from napari_4dstem_autoencoder.training.checkpoints import load_checkpoint, save_checkpoint
 
 posix_only = pytest.mark.skipif(os.name != "posix", reason="signals, fork and rlimits are POSIX")
 
@@ -83,22 +83,22 @@ def test_only_old_unlocked_files_of_our_exact_naming_are_removed(tmp_path, caplo
         _age(p)
 
     with open(locked, "rb+") as live_writer:  # a slow writer that still holds its lock
-        if ck.fcntl is not None:
-            ck.fcntl.flock(live_writer.fileno(), ck.fcntl.LOCK_EX | ck.fcntl.LOCK_NB)
-        with caplog.at_level(logging.WARNING, logger=ck.__name__):
+        if _files.fcntl is not None:
+            _files.fcntl.flock(live_writer.fileno(), _files.fcntl.LOCK_EX | _files.fcntl.LOCK_NB)
+        with caplog.at_level(logging.WARNING, logger=_files.__name__):
             removed = remove_stale_temporaries(tmp_path)
 
     assert sorted(removed) == sorted(stale)
     assert not any(p.exists() for p in stale)
     assert young.exists() and folder.is_dir() and link.is_symlink() and target.exists()
     assert all(p.read_bytes() == b"keep" for p in decoys)
-    if ck.fcntl is not None:
+    if _files.fcntl is not None:
         assert locked.exists()
     message = " ".join(r.getMessage() for r in caplog.records)
     assert "removed 2 stale temporary file(s) (2000 bytes)" in message and str(tmp_path) in message
     assert remove_stale_temporaries(tmp_path / "missing") == []
     # with no age rule, the young file goes, and so does the one whose writer let go
-    expected = [young, locked] if ck.fcntl is not None else [young]
+    expected = [young, locked] if _files.fcntl is not None else [young]
     assert sorted(remove_stale_temporaries(tmp_path, min_age_s=0)) == sorted(expected)
     assert folder.is_dir() and link.is_symlink() and target.read_bytes() == b"keep"
 
@@ -107,7 +107,7 @@ def test_the_next_write_into_the_directory_removes_stale_temporaries(tmp_path, c
     stale = tmp_path / f".a.bin.{TOKEN}.stem-ae.tmp"
     stale.write_bytes(b"\0" * 4096)
     _age(stale)
-    with caplog.at_level(logging.WARNING, logger=ck.__name__):
+    with caplog.at_level(logging.WARNING, logger=_files.__name__):
         atomic_write_bytes(tmp_path / "b.bin", b"new")
     assert not stale.exists() and (tmp_path / "b.bin").read_bytes() == b"new"
     assert "1 stale temporary file(s) (4096 bytes)" in caplog.text
@@ -370,7 +370,7 @@ def test_kill_9_mid_write_always_leaves_the_last_good_checkpoint(writer, tmp_pat
     decoy = tmp_path / ".model.safetensors.notours.tmp"
     decoy.write_bytes(b"keep")
     _age(decoy, 120)
-    with caplog.at_level(logging.WARNING, logger=ck.__name__):
+    with caplog.at_level(logging.WARNING, logger=_files.__name__):
         save_checkpoint(path, loaded.model, loaded.preprocessor, epoch=last_epoch + 1)
     assert _own(tmp_path) == []
     assert decoy.read_bytes() == b"keep"

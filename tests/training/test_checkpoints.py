@@ -7,6 +7,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from napari_4dstem_autoencoder import _files
 from napari_4dstem_autoencoder.data.preprocess import PreprocessConfig, Preprocessor
 from napari_4dstem_autoencoder.model.autoencoder import Autoencoder
 from napari_4dstem_autoencoder.objective import Objective, ObjectiveConfig
@@ -104,7 +105,7 @@ def test_writes_never_touch_the_target_before_the_rename(parts, saved, monkeypat
     inode = saved.stat().st_ino
     save_checkpoint(saved, model, prep)
     assert opened and str(saved) not in opened  # only the temporary was opened for writing
-    assert all(ck.is_own_temporary(os.path.basename(p)) for p in opened)
+    assert all(_files.is_own_temporary(os.path.basename(p)) for p in opened)
     assert saved.stat().st_ino != inode  # a new file was renamed into place
     load_checkpoint(saved)
 

@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .._files import check_output, input_family
+from .._files import atomic_write_bytes, check_output, input_family
 
 Progress = Callable[[int, int], None]
 
@@ -209,7 +209,7 @@ def save_checkpoint_copy(source: str, path: str, state: Any) -> None:
     refuses ``path`` when it is one of the state's inputs or not a regular file."""
     from pathlib import Path
 
-    from ..training.checkpoints import atomic_write_bytes, read_checkpoint
+    from ..training.checkpoints import read_checkpoint
 
     if os.path.realpath(source) == os.path.realpath(path):
         return  # already there

@@ -22,7 +22,7 @@ import numpy as np
 import tifffile
 
 from .. import __version__
-from ..training.checkpoints import atomic_write_bytes
+from .._files import atomic_write_bytes
 
 RESULTS_FORMAT = "napari-4dstem-autoencoder/results"
 
