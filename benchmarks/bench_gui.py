@@ -138,12 +138,12 @@ def clicks_to_inspector(app, state, inspector, n_clicks: int, scan: int) -> tupl
 def inspector_row(size: int, preset: str, ckpt: Path, dataset, args: argparse.Namespace) -> dict:
     import napari
 
-    from napari_4dstem_autoencoder.gui.hooks import dataset_layers
+    from napari_4dstem_autoencoder.gui.hooks import navigator_layers
     from napari_4dstem_autoencoder.gui.state import get_state
 
     app = napari.qt.get_qapp()
     viewer = napari.Viewer(show=True)
-    for data, kwargs, kind in dataset_layers(dataset, name=f"sample {size}"):
+    for data, kwargs, kind in navigator_layers(dataset, name=f"sample {size}"):
         getattr(viewer, f"add_{kind}")(data, **kwargs)
     _i, inspector = viewer.window.add_plugin_dock_widget(PLUGIN, "Inspector")
     _m, model_dock = viewer.window.add_plugin_dock_widget(PLUGIN, "Model")

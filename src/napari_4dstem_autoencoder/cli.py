@@ -307,18 +307,15 @@ def _install_stop_handlers(handler) -> dict[int, Any]:
     return {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
 
 
-#: trainable parameters of every preset; a checkpoint holds them and Adam's two moments
-_PARAMETERS = 3_914_404
-
-
 def _checkpoint_bytes(config: Any, dataset: Any) -> int:
     """Disk a checkpoint of this run may need: weights and Adam moments, the graph teacher's
     reference patterns, twice over (the atomic write holds the old file until the rename)."""
     from .data.preprocess import Preprocessor
+    from .training.checkpoints import EXPECTED_PARAMETERS
 
     pixels = math.prod(Preprocessor(config.preprocess).output_shape(dataset.detector_shape))
     teacher = 1024 * pixels * 4 if config.objective_config().graph_weight > 0 else 0
-    return 2 * (3 * _PARAMETERS * 4 + teacher) + 2**20
+    return 2 * (3 * EXPECTED_PARAMETERS * 4 + teacher) + 2**20
 
 
 def cmd_embed(args: argparse.Namespace) -> int:

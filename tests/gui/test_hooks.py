@@ -51,7 +51,7 @@ def test_the_navigator_carries_the_beam_its_bright_field_was_summed_over(real_da
     from napari_4dstem_autoencoder.data.virtual import estimate_beam, virtual_bright_field
 
     with open_dataset(real_data_dir / "quantumdetector/001_4x2_6bit.mib") as ds:
-        data, kwargs, _ = hooks.dataset_layers(ds)[0]
+        data, kwargs, _ = hooks.navigator_layers(ds)[0]
         beam = kwargs["metadata"][hooks.BEAM_KEY]
         assert beam == estimate_beam(ds)
         np.testing.assert_allclose(data, virtual_bright_field(ds, beam.radius, beam.centre))
@@ -78,10 +78,10 @@ def test_large_files_get_a_strided_navigator(real_data_dir, monkeypatch):
 
     with open_dataset(real_data_dir / "quantumdetector/001_4x2_6bit.mib") as ds:  # 0.5 MiB, 2x4
         assert hooks.navigator_stride(ds, budget=2**17) == 2
-        data, kwargs, _ = hooks.dataset_layers(ds)[0]
+        data, kwargs, _ = hooks.navigator_layers(ds)[0]
         assert data.shape == (2, 4) and kwargs["metadata"]["stem4d_navigator_stride"] == 1
         monkeypatch.setattr(hooks, "NAVIGATOR_FULL_BYTES", 2**17)
-        data, kwargs, _ = hooks.dataset_layers(ds)[0]
+        data, kwargs, _ = hooks.navigator_layers(ds)[0]
         assert data.shape == (1, 2) and kwargs["scale"] == (2.0, 2.0)
         assert kwargs["translate"] == (0.5, 0.5)
 

@@ -142,7 +142,7 @@ def read_4dstem(path: str | list[str]) -> LayerData:
             warnings.simplefilter("always")
             dataset = open_dataset(primary)
             try:
-                new = dataset_layers(dataset)
+                new = navigator_layers(dataset)
             except BaseException:
                 dataset.close()  # a read error in the navigator leaves no file open
                 raise
@@ -193,7 +193,7 @@ def _ordinal(n: int) -> str:
     return f"{n}{suffix}"
 
 
-def dataset_layers(dataset: Dataset4D, name: str | None = None) -> LayerData:
+def navigator_layers(dataset: Dataset4D, name: str | None = None) -> LayerData:
     """The navigator image layer tuple for a dataset (virtual bright field), bounded reads."""
     from ..data.virtual import (disk_mask, estimate_beam, estimate_beam_from_pattern,
                                 virtual_bright_field)
@@ -260,7 +260,7 @@ def make_sample_data() -> LayerData:
     from ..data.sample import make_sample_dataset
 
     dataset = make_sample_dataset()
-    layers = dataset_layers(dataset, name="4D-STEM sample")
+    layers = navigator_layers(dataset, name="4D-STEM sample")
     layers[0][1]["metadata"][LABELS_KEY] = dataset.labels
     labels_kwargs = {
         "name": "4D-STEM sample ground truth",
