@@ -27,7 +27,7 @@ def test_bf16_channels_last_training_on_cuda(tiny_dataset, tiny_config, tmp_path
     assert isinstance(done, Finished) and done.reason == "completed", done
     losses = [e.losses["mse"] for e in events if isinstance(e, BatchEnd)]
     assert all(np.isfinite(losses))
-    assert next(done.model.parameters()).is_cuda
+    assert not next(done.model.parameters()).is_cuda  # given back when the run ended
     loaded = load_checkpoint(path, device="cpu")  # a GPU-trained model loads on the CPU
     assert not next(loaded.model.parameters()).is_cuda
 
@@ -48,3 +48,20 @@ def test_cuda_embedding_matches_cpu(tiny_dataset, tiny_config, trained_run):
     bf16 = embed(device="cuda")
     assert bf16.dtype == np.float32 and bf16.shape == cpu.shape
     assert float(np.abs(bf16 - cpu).max()) / scale < 0.1
+
+
+def test_a_finished_run_returns_the_gpu_memory(tiny_dataset, tiny_config):
+    torch.cuda.empty_cache()
+    before = torch.cuda.memory_reserved()
+    peak = []
+    config = tiny_config(device="cuda", epochs=1, train_subset=8)
+    for event in train(tiny_dataset(scan_shape=(4, 4)), config):
+        if isinstance(event, BatchEnd):
+            peak.append(torch.cuda.memory_allocated())
+        done = event
+    assert isinstance(done, Finished)
+    assert max(peak) > before + 10 * 2**20  # weights, Adam state and activations were there
+    assert torch.cuda.memory_allocated() <= before + 2**20
+    assert torch.cuda.memory_reserved() <= before + 2**20
+    kept = list(train(tiny_dataset(scan_shape=(4, 4)), config.replace(keep_model_on_device=True)))
+    assert next(kept[-1].model.parameters()).is_cuda  # kept for browsing when asked

@@ -410,3 +410,63 @@ def test_a_final_checkpoint_that_cannot_be_written_fails_the_run_and_keeps_the_l
     failed = events[-1]
     assert isinstance(failed, Failed) and "no space left on device" in failed.reason
     assert failed.checkpoint == str(path) and load_checkpoint(path).epoch == 1
+
+
+def test_a_stop_skips_the_final_preview_and_recalibrates_on_two_batches(
+        tiny_dataset, tiny_config, tmp_path, monkeypatch):
+    """What a Stop waits for is bounded: the batch in flight, two batches of BatchNorm
+    re-estimation, the checkpoint; no final live map."""
+    from napari_4dstem_autoencoder.training import engine as engine_mod
+
+    seen: list[int] = []
+    real = engine_mod.recalibrate_batchnorm
+
+    def counting(module, batches):
+        batches = list(batches)
+        seen.append(sum(b.shape[0] for b in batches))
+        return real(module, iter(batches))
+
+    monkeypatch.setattr(engine_mod, "recalibrate_batchnorm", counting)
+    stop = threading.Event()
+    path = tmp_path / "stopped.safetensors"
+    config = tiny_config(epochs=3, batch_size=2, preview_every_steps=1, checkpoint_path=str(path),
+                         bn_recalibration_patterns=64)
+    events = []
+    for event in train(tiny_dataset(scan_shape=(6, 6)), config, stop=stop):
+        events.append(event)
+        if isinstance(event, Preview):
+            stop.set()
+    kinds = [type(e).__name__ for e in events]
+    first_preview = kinds.index("Preview")
+    assert "Preview" not in kinds[first_preview + 1:]  # no final preview after the Stop
+    assert events[-1].reason == "stopped"
+    assert seen[-1] == 2 * config.batch_size  # the quick re-estimate
+    assert load_checkpoint(events[-1].checkpoint).global_step == events[-1].trained.global_step
+
+
+def test_a_run_that_ends_gives_the_model_back_to_the_cpu(tiny_dataset, tiny_config, monkeypatch):
+    """The release path, on CPU: Finished's model is on the CPU and the caching allocator of
+    the device the run used is emptied once (CUDA's, faked here)."""
+    import torch
+
+    from napari_4dstem_autoencoder.training import device as device_mod
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: calls.append("cuda"))
+    model = torch.nn.Linear(2, 2)
+    device_mod.release_device_memory(model, "cuda")
+    assert calls == ["cuda"] and next(model.parameters()).device.type == "cpu"
+    moved = []
+    model.to = lambda *a, **k: moved.append(a)  # kept for browsing: not moved
+    device_mod.release_device_memory(model, "cuda", keep_on_device=True)
+    assert moved == [] and calls == ["cuda", "cuda"]
+    device_mod.release_device_memory(model, "cpu")
+    assert calls == ["cuda", "cuda"]  # nothing to give back on the CPU
+    assert device_mod.device_memory("cpu") is None
+
+    released = []
+    monkeypatch.setattr("napari_4dstem_autoencoder.training.engine.release_device_memory",
+                        lambda m, d, keep_on_device=False: released.append((str(d), keep_on_device)))
+    done = list(train(tiny_dataset(), tiny_config()))[-1]
+    assert released == [("cpu", False)]
+    assert done.trained.model is done.model

@@ -77,6 +77,9 @@ class PreprocessConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def replace(self, **changes: Any) -> "PreprocessConfig":
+        return dataclasses.replace(self, **changes)
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "PreprocessConfig":
         kwargs = checked_fields(cls, data, "preprocessing")

@@ -65,6 +65,9 @@ class TrainConfig:
 
     Checkpoints: written atomically to ``checkpoint_path`` (when set) every
     ``checkpoint_every_epochs`` epochs, on stop and at the end.
+
+    Memory: when the run ends, the trained model moves to the CPU and an accelerator's cached
+    memory is given back, unless ``keep_model_on_device``.
     """
 
     preset: str = DEFAULT_PRESET
@@ -96,6 +99,7 @@ class TrainConfig:
     grad_clip_norm: float | None = None
     sync_batchnorm: bool | Literal["auto"] = "auto"
     bn_recalibration_patterns: int = 256
+    keep_model_on_device: bool = False
 
     def __post_init__(self) -> None:
         get_preset(self.preset)  # raises a clear error for an unknown preset

@@ -70,3 +70,31 @@ def choose_precision(device: torch.device, amp: str = "auto",
     return Precision(device_type=device.type,
                      autocast_dtype=torch.bfloat16 if use_bf16 else None,
                      channels_last=bool(channels_last))
+
+
+def release_device_memory(model: torch.nn.Module | None, device: torch.device | str,
+                          keep_on_device: bool = False) -> None:
+    """Give an accelerator's memory back when a run or an embedding ends (or is stopped).
+
+    The model moves to the CPU unless ``keep_on_device`` (a model kept for browsing), and
+    the caching allocator returns its free blocks, so other programs (or the next run) see
+    the memory free. A no-op on the CPU, apart from nothing to move.
+    """
+    device = torch.device(device)
+    if device.type == "cpu":
+        return
+    if model is not None and not keep_on_device:
+        model.to("cpu")
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    elif device.type == "mps":
+        torch.mps.empty_cache()
+
+
+def device_memory(device: torch.device | str) -> tuple[int, int] | None:
+    """(bytes held by tensors, bytes reserved by the allocator) on a CUDA device; None
+    elsewhere (CPU memory is the operating system's to report)."""
+    device = torch.device(device)
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return None
+    return int(torch.cuda.memory_allocated(device)), int(torch.cuda.memory_reserved(device))

@@ -38,7 +38,7 @@ from .checkpoints import CheckpointError, load_checkpoint, save_checkpoint, trai
 from .config import TrainConfig
 from .data import (CachedPatterns, StreamedPatterns, fit_preprocessor_on, preview_grid,
                    reference_positions, split_positions, stack_batch)
-from .device import Precision, choose_precision, resolve_device
+from .device import Precision, choose_precision, release_device_memory, resolve_device
 from .events import (BatchEnd, CheckpointSaved, EpochEnd, Event, Failed, Finished, Preview,
                      Started)
 
@@ -93,10 +93,13 @@ def _make_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer):
 
 @torch.inference_mode()
 def embed_tensor(model: Autoencoder, x: torch.Tensor, device: torch.device, precision: Precision,
-                 batch_size: int = 256) -> np.ndarray:
-    """Embeddings (N, latent) of preprocessed patterns (N, 1, H, W), model in eval mode."""
+                 batch_size: int = 256, stop: threading.Event | None = None) -> np.ndarray | None:
+    """Embeddings (N, latent) of preprocessed patterns (N, 1, H, W), model in eval mode;
+    None when ``stop`` is set between batches (a preview is not worth delaying a Stop)."""
     out = []
     for start in range(0, x.shape[0], batch_size):
+        if stop is not None and stop.is_set():
+            return None
         xb = precision.prepare_input(x[start:start + batch_size].to(device))
         with precision.autocast():
             out.append(model.embed(xb).float().cpu())
@@ -279,13 +282,18 @@ def train(
     calib_idx = np.sort(calib_rng.choice(len(train_ds), size=n_calib, replace=False)).tolist()
     calibrated_at = -1
 
-    def recalibrate(encoder_only: bool = False) -> None:
+    def recalibrate(encoder_only: bool = False, quick: bool = False) -> None:
         """Full model (epoch ends, the end); previews only need the encoder, on half the subset
-        (they come every few seconds, and a forward pass of 256 patterns takes seconds on CPU)."""
+        (they come every few seconds, and a forward pass of 256 patterns takes seconds on CPU).
+        ``quick`` (a user's Stop): two batches, so the checkpoint follows the Stop within
+        seconds; a resumed run re-estimates on the full subset at its next epoch end."""
         nonlocal calibrated_at
         if n_calib < 2 or calibrated_at == global_step:
             return
-        idx = calib_idx[:max(2, n_calib // 2)] if encoder_only else calib_idx
+        if quick:
+            idx = calib_idx[:max(2, min(n_calib, 2 * config.batch_size))]
+        else:
+            idx = calib_idx[:max(2, n_calib // 2)] if encoder_only else calib_idx
         batches = (precision.prepare_input(stack_batch(
             train_ds.__getitems__(idx[i:i + config.batch_size])).to(device))
             for i in range(0, len(idx), config.batch_size))
@@ -294,12 +302,16 @@ def train(
         if not encoder_only:
             calibrated_at = global_step
 
-    def make_preview() -> Preview:
+    def make_preview() -> Preview | None:
+        """The live map (None when a Stop came while it was being made)."""
         if ctx.world_size == 1:  # with SyncBN every rank would have to join
             recalibrate(encoder_only=True)
         model.eval()
-        emb = embed_tensor(model, preview_x, device, precision, batch_size=max(config.batch_size, 64))
+        emb = embed_tensor(model, preview_x, device, precision,
+                           batch_size=max(config.batch_size, 64), stop=stop)
         model.train()
+        if emb is None:
+            return None
         return Preview(global_step=global_step, embeddings=emb.reshape(*p_shape, -1),
                        positions_step=p_step)
 
@@ -330,6 +342,9 @@ def train(
     # -- the loop ----------------------------------------------------------------------
     deadline = t_start + config.max_minutes * 60 if config.max_minutes else None
     best, bad_epochs = math.inf, 0
+    # Previews come every preview_every_seconds, but never take more than a fifth of the
+    # run: on a slow device the interval grows to four times the last preview's duration.
+    preview_interval = config.preview_every_seconds
     last_preview_time = time.monotonic()
     reason = "completed"
     epoch = start_epoch
@@ -382,10 +397,16 @@ def train(
                                patterns_per_second=rate)
                 if preview_x is not None and (
                         (config.preview_every_steps and global_step % config.preview_every_steps == 0)
-                        or (config.preview_every_seconds
-                            and time.monotonic() - last_preview_time >= config.preview_every_seconds)):
-                    yield make_preview()
+                        or (preview_interval
+                            and time.monotonic() - last_preview_time >= preview_interval)):
+                    t_preview = time.monotonic()
+                    preview = make_preview()
                     last_preview_time = time.monotonic()
+                    if preview_interval:
+                        preview_interval = max(config.preview_every_seconds,
+                                               4.0 * (last_preview_time - t_preview))
+                    if preview is not None:
+                        yield preview
                     t_batch = time.perf_counter()
             if reason != "completed":
                 break
@@ -436,11 +457,16 @@ def train(
         return
 
     # -- wrap up: a consistent state, a final preview and checkpoint ---------------------
+    # After a user's Stop only what keeps the checkpoint sound: no final preview, a quick
+    # BatchNorm re-estimate (the whole scan is embedded next anyway).
+    stopped = reason == "stopped"
     try:
-        recalibrate()
+        recalibrate(quick=stopped)
         ddp.broadcast_buffers(model, ctx)
-        if preview_x is not None and global_step > 0:
-            yield make_preview()
+        if preview_x is not None and global_step > 0 and not stopped:
+            preview = make_preview()
+            if preview is not None:
+                yield preview
         saved = write_checkpoint(epoch)  # completed epochs (a stopped epoch is redone on resume)
     except Exception as exc:  # a full disk, or a state the checkpoint refuses (NaN weights)
         log.exception("the final checkpoint could not be written")
@@ -450,6 +476,11 @@ def train(
     if saved is not None:
         yield saved
     model.eval()
+    # The trained model leaves the accelerator with the run (optimiser state, activations
+    # and the allocator's cache are freed here); the embedding moves it back while it runs.
+    del optimizer, step_module, loader, val_loader, preview_x
+    release_device_memory(model, device, keep_on_device=config.keep_model_on_device)
+    objective.to(next(model.parameters()).device)
     trained = trained_model(model, preprocessor, objective, config, history, epoch=epoch,
                             global_step=global_step, path=last_checkpoint or "",
                             input_shape=input_shape, extra=run_extra)
