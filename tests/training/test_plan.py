@@ -59,11 +59,10 @@ def test_a_slow_machine_bins_and_subsets_so_the_budget_covers_several_epochs(
     plan = plan_run(ds, config, max_minutes=5)
     assert plan.detector_bin == 2  # 64x64 would cover less than MIN_EPOCHS of MIN_SUBSET
     assert plan.train_subset is not None and plan.train_subset < ds.n_patterns
-    n_train = plan.train_subset * (1 - config.val_fraction)
-    assert n_train >= MIN_SUBSET * 0.99
+    assert plan.n_train >= MIN_SUBSET * 0.99
     assert plan.epochs >= MIN_EPOCHS
     # the planned epochs fit the budget, and the budget stays as a safety net
-    assert plan.epochs * n_train / plan.patterns_per_second <= 5 * 60
+    assert plan.epochs * plan.n_train / plan.patterns_per_second <= 5 * 60
     assert plan.max_minutes == 5 and plan.estimate_s <= 5 * 60
     run = apply(plan, config)
     assert run.preprocess.detector_bin == 2 and run.train_subset == plan.train_subset
@@ -111,5 +110,23 @@ def test_timed_steps_run_the_real_step_on_the_datasets_patterns(tiny_dataset, ti
 def test_estimate_counts_setup_epochs_and_overhead():
     p = plan_mod.RunPlan(device="cpu", detector_bin=2, input_shape=(32, 32), n_positions=1000,
                          train_subset=None, epochs=4, max_minutes=None,
-                         patterns_per_second=100.0, setup_s=2.0)
-    assert p.estimate_s == pytest.approx(2.0 + 4 * 1000 / 100 * (1 + plan_mod._OVERHEAD))
+                         patterns_per_second=100.0, setup_s=2.0, val_fraction=0.1)
+    assert p.n_train == 900
+    assert p.estimate_s == pytest.approx(2.0 + 4 * 900 / 100 * (1 + plan_mod._OVERHEAD))
+    assert p.replace(max_minutes=0.5).estimate_s == pytest.approx(30.0)  # the budget caps it
+
+
+def test_settings_the_user_gave_are_kept_and_the_rest_fitted_around_them(
+        tiny_dataset, monkeypatch):
+    monkeypatch.setattr(plan_mod, "time_training_steps", FakeClock(pixel_rate=20 * 32 * 32))
+    ds = tiny_dataset(scan_shape=(120, 120), detector_shape=(64, 64))
+    plan = plan_run(ds, TrainConfig(device="cpu"), max_minutes=5, detector_bin=1,
+                    train_subset=500)
+    assert plan.detector_bin == 1 and plan.train_subset == 500
+    assert plan.epochs == int(20 / 4 * (5 * 60 - plan.setup_s) / (1 + plan_mod._OVERHEAD)
+                              // plan.n_train)
+    fixed = plan_run(ds, TrainConfig(device="cpu"), max_minutes=5, epochs=3)
+    assert fixed.epochs == 3
+    unlimited = plan_run(ds, TrainConfig(device="cpu", epochs=10), no_budget=True)
+    assert unlimited.max_minutes is None and unlimited.train_subset is None
+    assert unlimited.epochs == 10 and unlimited.estimate_s > 5 * 60  # it says how long

@@ -52,7 +52,7 @@ class TrainConfig:
     Optimiser: Adam at ``lr`` (default 1e-4: faster than 1e-3 in the first epochs of this
     network, docs/model.md). BatchNorm running statistics are re-estimated on
     ``bn_recalibration_patterns`` training patterns at each epoch end and at the end, and the
-    encoder's on half as many before every preview (0 turns that off), so eval-mode
+    encoder's on a quarter as many before every preview (0 turns that off), so eval-mode
     embeddings match the trained weights.
 
     Stopping: ``early_stopping_patience`` epochs without a validation improvement larger than

@@ -45,6 +45,8 @@ from .events import (BatchEnd, CheckpointSaved, EpochEnd, Event, Failed, Finishe
 log = logging.getLogger(__name__)
 
 _PREVIEW_MAX_BYTES = 256 * 1024**2
+#: seconds of training before the first live map (then every preview_every_seconds)
+FIRST_PREVIEW_S = 2.0
 
 
 class EncodeDecode(nn.Module):
@@ -283,7 +285,7 @@ def train(
     calibrated_at = -1
 
     def recalibrate(encoder_only: bool = False, quick: bool = False) -> None:
-        """Full model (epoch ends, the end); previews only need the encoder, on half the subset
+        """Full model (epoch ends, the end); previews only need the encoder, on a quarter of it
         (they come every few seconds, and a forward pass of 256 patterns takes seconds on CPU).
         ``quick`` (a user's Stop): two batches, so the checkpoint follows the Stop within
         seconds; a resumed run re-estimates on the full subset at its next epoch end."""
@@ -293,7 +295,7 @@ def train(
         if quick:
             idx = calib_idx[:max(2, min(n_calib, 2 * config.batch_size))]
         else:
-            idx = calib_idx[:max(2, n_calib // 2)] if encoder_only else calib_idx
+            idx = calib_idx[:max(2, n_calib // 4)] if encoder_only else calib_idx
         batches = (precision.prepare_input(stack_batch(
             train_ds.__getitems__(idx[i:i + config.batch_size])).to(device))
             for i in range(0, len(idx), config.batch_size))
@@ -344,8 +346,11 @@ def train(
     best, bad_epochs = math.inf, 0
     # Previews come every preview_every_seconds, but never take more than a fifth of the
     # run: on a slow device the interval grows to four times the last preview's duration.
+    # The first comes after FIRST_PREVIEW_S, so a live map shows within seconds of Start.
     preview_interval = config.preview_every_seconds
     last_preview_time = time.monotonic()
+    if preview_interval:
+        last_preview_time -= max(0.0, preview_interval - FIRST_PREVIEW_S)
     reason = "completed"
     epoch = start_epoch
     try:

@@ -19,9 +19,11 @@ stored with the model like any other setting.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -67,10 +69,21 @@ class RunPlan:
     max_minutes: float | None
     patterns_per_second: float  # timed optimiser steps
     setup_s: float  # reading, preprocessing fit, data-fitted objective (measured)
+    val_fraction: float = 0.1  # of the positions used, held out for validation
+
+    @property
+    def n_used(self) -> int:
+        """Positions the run reads (training and validation)."""
+        return self.n_positions if self.train_subset is None else min(self.train_subset,
+                                                                      self.n_positions)
 
     @property
     def n_train(self) -> int:
-        return self.n_positions if self.train_subset is None else self.train_subset
+        """Positions an epoch trains on."""
+        return max(2, int(round(self.n_used * (1.0 - self.val_fraction))))
+
+    def replace(self, **changes) -> "RunPlan":
+        return dataclasses.replace(self, **changes)
 
     @property
     def estimate_s(self) -> float:
@@ -83,7 +96,7 @@ class RunPlan:
 
     def describe(self) -> str:
         """One line a microscopist reads before pressing Start."""
-        positions = ("all " if self.train_subset is None else "") + f"{self.n_train:,} positions"
+        positions = ("all " if self.train_subset is None else "") + f"{self.n_used:,} positions"
         return (f"about {_clock(self.estimate_s)}: {self.epochs} epochs over {positions}, "
                 f"patterns {self.input_shape[0]}×{self.input_shape[1]} (detector bin "
                 f"{self.detector_bin}), {self.patterns_per_second:.0f} patterns/s timed on "
@@ -173,13 +186,20 @@ def time_training_steps(view: Dataset4D, config: TrainConfig, steps: int = 2,
 
 
 def plan_run(dataset: Dataset4D, config: TrainConfig, *, max_minutes: float | None = None,
-             steps: int = 2) -> RunPlan:
+             detector_bin: int | None = None, train_subset: int | None = None,
+             epochs: int | None = None, no_budget: bool = False, steps: int = 2,
+             timer: Callable[[Dataset4D, TrainConfig], tuple[float, float]] | None = None
+             ) -> RunPlan:
     """A run of ``config`` on ``dataset`` fitted to its device (module docstring).
 
     ``max_minutes`` is the budget (``config.max_minutes`` when None; on CPU
     ``DEFAULT_CPU_MINUTES`` when neither is set). ``config.preprocess`` gives everything but
     the detector binning; ``config.train_subset`` and ``config.epochs`` are what the plan
     chooses. On CUDA, without a budget, the plan keeps the config's epochs and all positions.
+    ``detector_bin``, ``train_subset`` and ``epochs``, when given, are the user's and kept;
+    the plan fits the others around them. ``no_budget``: the user wants no time limit (the
+    plan then keeps every position and the config's epochs, and only estimates). ``timer``
+    replaces :func:`time_training_steps` (a caller that caches timings per binning).
 
     At most two timings: the coarsest candidate binning first (the cheapest to time), the
     finer ones predicted from it by their pixel count (convolutions cost per pixel; small
@@ -191,28 +211,38 @@ def plan_run(dataset: Dataset4D, config: TrainConfig, *, max_minutes: float | No
     budget = max_minutes if max_minutes is not None else config.max_minutes
     if budget is None and device.type != "cuda":
         budget = DEFAULT_CPU_MINUTES
+    if no_budget:
+        budget = None
     n = view.n_patterns
     n_train_all = max(2, int(round(n * (1.0 - config.val_fraction))))
-    bins = candidate_bins(view, config, device.type)
+    bins = [detector_bin] if detector_bin else candidate_bins(view, config, device.type)
 
     def timed(b: int) -> tuple[float, float]:
         trial = config.replace(preprocess=config.preprocess.replace(detector_bin=b))
+        if timer is not None:
+            return timer(view, trial)
         return time_training_steps(view, trial, steps=steps)
 
     def plan_for(b: int, rate: float, setup: float) -> RunPlan:
         shape = _binned_shape(view, config, b)
         setup_s = setup + _cache_seconds(n, shape)
         if budget is None:  # CUDA without a budget: the whole data, the config's epochs
-            return RunPlan(str(device), b, shape, n, None, config.epochs, None, rate, setup_s)
+            return RunPlan(str(device), b, shape, n, train_subset, epochs or config.epochs,
+                           None, rate, setup_s, config.val_fraction)
         patterns = rate * max(0.0, budget * 60.0 - setup_s) / (1.0 + _OVERHEAD)
-        subset_train = n_train_all
-        if patterns < MIN_EPOCHS * n_train_all:
-            subset_train = max(min(n_train_all, MIN_SUBSET), int(patterns // MIN_EPOCHS))
-        epochs = int(max(1, min(MAX_EPOCHS, patterns // max(subset_train, 1))))
-        # TrainConfig.train_subset counts positions before the validation split
-        subset = None if subset_train >= n_train_all else min(
-            n, int(math.ceil(subset_train / (1.0 - config.val_fraction))))
-        return RunPlan(str(device), b, shape, n, subset, epochs, budget, rate, setup_s)
+        if train_subset is not None:
+            subset = train_subset if train_subset < n else None
+            subset_train = max(2, int(round(min(train_subset, n) * (1.0 - config.val_fraction))))
+        else:
+            subset_train = n_train_all
+            if patterns < MIN_EPOCHS * n_train_all:
+                subset_train = max(min(n_train_all, MIN_SUBSET), int(patterns // MIN_EPOCHS))
+            # TrainConfig.train_subset counts positions before the validation split
+            subset = None if subset_train >= n_train_all else min(
+                n, int(math.ceil(subset_train / (1.0 - config.val_fraction))))
+        n_epochs = epochs or int(max(1, min(MAX_EPOCHS, patterns // max(subset_train, 1))))
+        return RunPlan(str(device), b, shape, n, subset, n_epochs, budget, rate, setup_s,
+                       config.val_fraction)
 
     def fits(p: RunPlan) -> bool:
         return p.max_minutes is None or p.epochs >= MIN_EPOCHS
