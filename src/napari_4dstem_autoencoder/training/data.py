@@ -2,7 +2,10 @@
 
 Two sources share one interface (index -> (1, H, W) float32 tensor in [0, 1]):
 
-- :class:`CachedPatterns` holds the preprocessed patterns in memory (used when they fit);
+- :class:`CachedPatterns` holds the preprocessed patterns in memory (used when they fit). When
+  the positions asked for are dense in the scan (a training split usually is) the file is
+  read once, in order, in blocks aligned to its storage chunks, by two threads that each read
+  a block and preprocess its patterns (:func:`read_patterns` is the same read, unthreaded);
 - :class:`StreamedPatterns` reads them from the lazy dataset on demand. It implements
   ``__getitems__`` so a ``DataLoader`` fetches a whole batch with one sorted, chunk-friendly
   read instead of one dask compute per pattern.
@@ -11,6 +14,7 @@ Two sources share one interface (index -> (1, H, W) float32 tensor in [0, 1]):
 from __future__ import annotations
 
 import dataclasses
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -18,6 +22,11 @@ from torch.utils.data import Dataset
 
 from ..data.dataset import Dataset4D
 from ..data.preprocess import PreprocessConfig, Preprocessor
+from ..data.virtual import iter_blocks, map_blocks
+
+#: positions asked for / positions in the scan at or above which :func:`read_patterns` reads
+#: the whole scan in blocks (each block read once, in file order) instead of picking patterns
+DENSE_FRACTION = 0.25
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +105,58 @@ class StreamedPatterns(Dataset):
         return self.__getitems__([item])[0]
 
 
+def read_patterns(view: Dataset4D, indices: np.ndarray, chunk: int = 256,
+                  block_bytes: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Raw patterns at flat scan ``indices`` as (where, patterns) pairs: ``patterns[i]`` is the
+    pattern at ``indices[where[i]]``, in the file's dtype; every index is delivered once.
+
+    Dense requests (at least :data:`DENSE_FRACTION` of the scan) read the scan once in order
+    with :func:`~napari_4dstem_autoencoder.data.virtual.iter_blocks` (blocks of about
+    ``block_bytes`` aligned to the file's chunks, the next read in the background) and pick the
+    positions asked for from each block, at most ``chunk`` per pair; memory is two blocks plus
+    one pair, whatever the file's size. Sparse requests read ``chunk`` patterns at a time with
+    :meth:`Dataset4D.patterns` (each file chunk at most once per call, never a whole chunk for
+    a few scattered patterns).
+    """
+    idx = np.asarray(indices, dtype=np.int64).ravel()
+    if idx.size == 0:
+        return
+    if idx.size < DENSE_FRACTION * view.n_patterns:
+        for start in range(0, idx.size, chunk):
+            where = np.arange(start, min(start + chunk, idx.size))
+            yield where, view.patterns(idx[where])
+        return
+    picks = _BlockPicks(view, idx)
+    for sy, sx, block in iter_blocks(view, block_bytes=block_bytes, reuse=True):
+        where, local = picks(sy, sx)
+        patterns = block.reshape(-1, *block.shape[2:])
+        for start in range(0, local.size, chunk):
+            # a copy: the block's buffer is reused (or its pages unmapped) after the next
+            yield where[start:start + chunk], patterns[local[start:start + chunk]]
+
+
+class _BlockPicks:
+    """For a block of the scan, which of the flat ``indices`` it holds: (where in
+    ``indices``, flat position within the block), in file order."""
+
+    def __init__(self, view: Dataset4D, indices: np.ndarray) -> None:
+        if indices.min() < 0 or indices.max() >= view.n_patterns:
+            raise IndexError(f"pattern index out of range 0..{view.n_patterns - 1}")
+        self.order = np.argsort(indices, kind="stable")
+        self.ordered = indices[self.order]
+        self.rx = view.scan_shape[1]
+
+    def __call__(self, sy: slice, sx: slice) -> tuple[np.ndarray, np.ndarray]:
+        lo = np.searchsorted(self.ordered, sy.start * self.rx, side="left")
+        hi = np.searchsorted(self.ordered, sy.stop * self.rx, side="left")
+        rows, cols = np.divmod(self.ordered[lo:hi], self.rx)
+        where = self.order[lo:hi]
+        inside = (cols >= sx.start) & (cols < sx.stop)
+        if not inside.all():  # a block of part rows: the columns it holds
+            where, rows, cols = where[inside], rows[inside], cols[inside]
+        return where, (rows - sy.start) * (sx.stop - sx.start) + (cols - sx.start)
+
+
 class CachedPatterns(Dataset):
     """Preprocessed patterns held in one (N, 1, H, W) float32 tensor."""
 
@@ -106,11 +167,35 @@ class CachedPatterns(Dataset):
     def load(cls, view: Dataset4D, preprocessor: Preprocessor, indices: np.ndarray,
              chunk: int = 256) -> "CachedPatterns":
         h, w = preprocessor.output_shape(view.detector_shape)
-        out = torch.empty((len(indices), 1, h, w), dtype=torch.float32)
-        for start in range(0, len(indices), chunk):
-            raw = view.patterns(indices[start:start + chunk])
-            out[start:start + len(raw), 0] = torch.from_numpy(
-                preprocessor.transform_patterns(raw))
+        idx = np.asarray(indices, dtype=np.int64).ravel()
+        out = torch.empty((len(idx), 1, h, w), dtype=torch.float32)
+        if idx.size == 0:
+            return cls(out)
+        dest = out.numpy()[:, 0]
+
+        def put(where: np.ndarray, raw: np.ndarray) -> None:
+            x = preprocessor.transform_patterns(raw)
+            if where[-1] - where[0] == where.size - 1:  # a run: a plain copy
+                dest[int(where[0]):int(where[-1]) + 1] = x
+            else:
+                dest[where] = x
+
+        if idx.size < DENSE_FRACTION * view.n_patterns:
+            for where, raw in read_patterns(view, idx, chunk):
+                put(where, raw)
+            return cls(out)
+        # dense: one pass over the file, each block read and preprocessed by one of two
+        # threads while the other reads the next (numpy releases the GIL in both)
+        picks = _BlockPicks(view, idx)
+
+        def work(sy: slice, sx: slice, block: np.ndarray) -> None:
+            where, local = picks(sy, sx)
+            patterns = block.reshape(-1, *block.shape[2:])
+            for start in range(0, local.size, chunk):
+                put(where[start:start + chunk], patterns[local[start:start + chunk]])
+
+        for _ in map_blocks(view, work):
+            pass
         return cls(out)
 
     def __len__(self) -> int:
