@@ -175,3 +175,24 @@ def test_module_entry_point_reports_errors_without_traceback(tmp_path):
                           timeout=120)
     assert proc.returncode == 2
     assert "missing.dm4" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_file_with_several_arrays_names_them_and_the_dataset_option(capsys, tmp_path):
+    import h5py
+
+    path = tmp_path / "two.h5"
+    with h5py.File(path, "w") as f:
+        f["data"] = scan().astype(np.float32) / 1000
+        f["data_counts"] = scan()
+        f.attrs["scan_step_A"] = 2.0
+    code, out, err = run(["info", path], capsys)
+    assert code == 2 and out == ""
+    line, = err.strip().splitlines()
+    assert "/data 3x3x32x32 float32; /data_counts 3x3x32x32 uint16" in line
+    assert "--dataset, e.g. --dataset /data" in line and "dataset='" not in line
+    code, out, err = run(["info", path, "--dataset", "/data_counts"], capsys)
+    assert code == 0 and "uint16" in out and "scan step (2.0, 2.0) Å" in out
+    for command in ("train", "embed", "info"):
+        with pytest.raises(SystemExit):
+            cli.main([command, "--help"])
+        assert "--dataset NAME" in capsys.readouterr().out

@@ -30,6 +30,7 @@ never written, negative counts; complex data is refused unless ``complex_data="m
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import math
@@ -62,6 +63,43 @@ SUFFIX_FORMATS: dict[str, str] = {
     ".h5": "hdf5", ".hdf5": "hdf5", ".hdf": "hdf5", ".nxs": "hdf5",
     ".npy": "npy",
 }
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+    """One array of a file that could be the 4D-STEM data: what ``open_dataset(dataset=)``
+    takes (an HDF5 path, or a signal index), its shape, dtype and (for signals) title."""
+
+    key: str | int
+    shape: tuple[int, ...]
+    dtype: str
+    title: str = ""
+
+    def describe(self) -> str:
+        """'/data_counts  32×32×64×64  float32' (the line a chooser shows)."""
+        name = f"{self.key}: {self.title}" if self.title else str(self.key)
+        return f"{name}  {'×'.join(str(n) for n in self.shape)}  {self.dtype}"
+
+
+class AmbiguousDatasetError(DatasetError):
+    """The file holds several arrays that could be the 4D-STEM data; ``candidates`` lists them
+    (``Candidate``), so a caller can ask which one and open it with ``dataset=candidate.key``."""
+
+    def __init__(self, path: str | os.PathLike[str] | None, candidates: list[Candidate],
+                 what: str = "datasets") -> None:
+        self.candidates = list(candidates)
+        self.what = what
+        listing = ", ".join(f"{c.key}{' (' + c.title + ')' if c.title else ''} "
+                            f"{'x'.join(str(n) for n in c.shape)} {c.dtype}"
+                            for c in self.candidates)
+        example = self.candidates[0].key if self.candidates else "/data"
+        example = repr(example) if isinstance(example, str) else example
+        super().__init__(path, f"several {what} could be the 4D-STEM data ({listing}); pick one "
+                               f"with dataset={example} (the CLI's --dataset option; napari "
+                               "asks which one)")
+
+    def __reduce__(self):
+        return type(self), (self.path, self.candidates, self.what)
+
 
 #: ``open_dataset(complex_data=...)``: refuse complex values, or use their magnitude |z|
 COMPLEX_MODES = ("refuse", "magnitude")
@@ -340,9 +378,8 @@ def _read_hdf5(path: Path, dataset: str | int | None, closers: list, options: di
         if not candidates:
             raise DatasetError(path, "not a 4D-STEM file: it holds no 3-D or 4-D numeric dataset")
         if len(candidates) > 1:
-            listing = "; ".join(f"{name} {shape}" for name, shape in candidates)
-            raise DatasetError(path, f"several datasets could be the 4D-STEM data ({listing}); "
-                                     "pick one with dataset='<path>'")
+            raise AmbiguousDatasetError(path, [
+                Candidate(name, tuple(shape), str(f[name].dtype)) for name, shape in candidates])
         name = candidates[0][0]
     else:
         name = "/" + str(dataset).lstrip("/")
@@ -354,27 +391,74 @@ def _read_hdf5(path: Path, dataset: str | int | None, closers: list, options: di
     if problem:  # refused before reading a value
         raise DatasetError(path, f"dataset {name} {problem}; 4D-STEM patterns are numbers")
     recorded = hdf5.recorded_scan_shape(f, name)
-    calib = _h5_calibration(ds)
+    calib = _h5_calibration(ds, f)
     meta = {"format": "hdf5", "hdf5_path": name, "title": name.rsplit("/", 1)[-1]}
     return Source(ds, label=f"dataset {name}"), calib, meta, recorded
 
 
-def _h5_calibration(ds: Any) -> Calibration:
-    """Calibration from attributes ``scan_step``/``scan_unit``/``detector_step``/``detector_unit``."""
-    attrs = ds.attrs
-    kwargs: dict[str, Any] = {}
-    for key in ("scan_step", "detector_step"):
-        if key in attrs:
-            try:
-                v = np.ravel(attrs[key]).astype(float)
-                kwargs[key] = (float(v[0]), float(v[-1]))
-            except (TypeError, ValueError, IndexError):
-                pass
-    for key in ("scan_unit", "detector_unit"):
-        if key in attrs:
-            v = attrs[key]
-            kwargs[key] = v.decode(errors="replace") if isinstance(v, bytes) else str(v)
-    return Calibration(**kwargs)
+#: attribute names that carry a step with its unit in the name (``scan_step_A``,
+#: ``detector_sampling_mrad_per_px``, ``detector_step_1/nm``...), as simulation scripts write
+_STEP_WITH_UNIT = re.compile(r"^(?P<axis>scan|detector)_(?:step|sampling|pixel_size)_"
+                             r"(?P<unit>[A-Za-z\u00c5\u00b5/0-9]+?)(?:_per_px)?$")
+#: spellings of units in attribute names -> the unit napari (pint) and people read
+_UNIT_SPELLINGS = {"a": "Å", "ang": "Å", "angstrom": "Å", "\u00e5": "Å", "nm": "nm", "pm": "pm",
+                   "um": "µm", "\u00b5m": "µm", "mrad": "mrad", "rad": "rad", "px": "px",
+                   "1/a": "1/Å", "1/nm": "1/nm", "a-1": "1/Å", "nm-1": "1/nm"}
+
+
+def _unit_name(text: str) -> str:
+    return _UNIT_SPELLINGS.get(text.strip().lower(), text.strip())
+
+
+def _h5_calibration(ds: Any, f: Any = None) -> Calibration:
+    """Calibration from HDF5 attributes, the dataset's first, then its parent groups' and the file's.
+
+    Read: ``scan_step`` / ``scan_unit`` / ``detector_step`` / ``detector_unit`` (a number or
+    a pair, and a unit string), or a step whose unit is in its name, as simulations write them
+    (``scan_step_A = 2.0``, ``detector_sampling_mrad_per_px = 1.28``). Unreadable values are
+    skipped (the default is 1 px).
+    """
+    holders = [ds.attrs]
+    if f is not None:
+        parent = ds.parent
+        while True:
+            holders.append(parent.attrs)
+            if parent.name == "/":
+                break
+            parent = parent.parent
+    found: dict[str, Any] = {}
+    for attrs in holders:  # the nearest holder wins
+        try:
+            keys = list(attrs.keys())
+        except Exception:
+            continue
+        for key in keys:
+            axis, unit = None, None
+            if key in ("scan_step", "detector_step"):
+                axis = key.split("_")[0]
+            else:
+                match = _STEP_WITH_UNIT.match(key)
+                if match:
+                    axis, unit = match.group("axis"), _unit_name(match.group("unit"))
+            if axis is not None and f"{axis}_step" not in found:
+                try:
+                    v = np.ravel(attrs[key]).astype(float)
+                    step = (float(v[0]), float(v[-1]))
+                except (TypeError, ValueError, IndexError, OSError):
+                    continue
+                if all(math.isfinite(x) and x > 0 for x in step):
+                    found[f"{axis}_step"] = step
+                    if unit is not None:
+                        found.setdefault(f"{axis}_unit", unit)
+        for key in ("scan_unit", "detector_unit"):
+            if key in keys and key not in found:
+                try:
+                    v = attrs[key]
+                except (OSError, TypeError):
+                    continue
+                v = v.decode(errors="replace") if isinstance(v, bytes) else str(v)
+                found[key] = _unit_name(v) if v.strip() else "px"
+    return Calibration(**found)
 
 
 def _read_arina(path: Path, f: Any, closers: list) -> Read:
@@ -442,6 +526,8 @@ def _pick_signal(path: Path, signals: list[dict[str, Any]], which: str | int | N
         return signals[which]
     if isinstance(which, str):
         named = [s for s in signals if title(s) == which]
+        if not named and which.strip().isdigit():  # an index as text (the CLI's --dataset 1)
+            return _pick_signal(path, signals, int(which))
         if not named:
             raise DatasetError(path, f"no signal titled {which!r}; titles: {[title(s) for s in signals]}")
         return named[0]
@@ -452,10 +538,9 @@ def _pick_signal(path: Path, signals: list[dict[str, Any]], which: str | int | N
                                  "expected (scan y, scan x, detector y, detector x)")
     four = [s for s in usable if np.ndim(s["data"]) == 4] or usable
     if len(four) > 1:
-        listing = "; ".join(f"{i}: {title(s)} {tuple(np.shape(s['data']))}" for i, s in enumerate(signals)
-                            if s in four)
-        raise DatasetError(path, f"several signals could be the 4D-STEM data ({listing}); "
-                                 "pick one with dataset=<index or title>")
+        raise AmbiguousDatasetError(path, [
+            Candidate(i, tuple(int(n) for n in np.shape(s["data"])), str(s["data"].dtype), title(s))
+            for i, s in enumerate(signals) if any(s is t for t in four)], what="signals")
     return four[0]
 
 

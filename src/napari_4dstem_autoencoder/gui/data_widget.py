@@ -36,6 +36,48 @@ from .workers import LatestOnly, ProgressRelay, start_function
 
 PREVIEW_FIT_PATTERNS = 64
 
+#: the default ADF inner radius, as a multiple of the measured bright-field (direct-beam) radius
+ADF_INNER_FACTOR = 1.2
+
+
+def default_detector_radii(centre: tuple[float, float], bf_radius: float,
+                           detector_shape: tuple[int, int]) -> tuple[float, float, float]:
+    """(BF radius, ADF inner, ADF outer) in detector pixels from the measured direct beam.
+
+    The ADF ring always lies outside the bright-field disc: inner = 1.2 x the BF radius (at
+    least one pixel beyond it). Its outer radius reaches the nearest detector edge when a
+    ring of at least a quarter of the BF radius (2 px) fits there; when the beam sits close
+    to an edge (a Merlin pattern whose disc is cut by the detector's side) it reaches the
+    farthest edge instead, so the ring, cut by the detector, still collects the scattering
+    outside the disc. Never thinner than 1 px.
+    """
+    cy, cx = centre
+    h, w = detector_shape
+    distances = (cy + 0.5, cx + 0.5, h - 0.5 - cy, w - 0.5 - cx)  # to the outer pixel edges
+    near, far = max(min(distances), 0.0), max(max(distances), 0.0)
+    inner = max(ADF_INNER_FACTOR * bf_radius, bf_radius + 1.0)
+    outer = near if near >= inner + max(2.0, 0.25 * bf_radius) else far
+    return float(bf_radius), float(inner), float(max(outer, inner + 1.0))
+
+
+def calibration_text(dataset: Any) -> str:
+    """'scan 32×32 positions, step 2 Å; detector 64×64 pixels, 1.28 mrad per pixel; float32'
+    (uncalibrated axes say so instead of '1 px/px')."""
+    c = dataset.calibration
+    ry, rx = dataset.scan_shape
+    qy, qx = dataset.detector_shape
+
+    def step(values: tuple[float, float], unit: str) -> str:
+        a, b = (float(v) for v in values)
+        return f"{a:.4g} {unit}" if np.isclose(a, b) else f"{a:.4g} × {b:.4g} {unit}"
+
+    scan = (f"step {step(c.scan_step, c.scan_unit)}" if c.scan_unit not in ("", "px", "pixel")
+            else "scan step not calibrated (shown in pixels)")
+    det = (f", {step(c.detector_step, c.detector_unit)} per pixel"
+           if c.detector_unit not in ("", "px", "pixel") else "")
+    return (f"scan {ry}×{rx} positions, {scan}; detector {qy}×{qx} pixels{det}; "
+            f"{dataset.dtype}")
+
 
 def parse_box(text: str, what: str) -> tuple[int, int, int, int] | None:
     """'y0, y1, x0, x1' -> a crop box; empty -> None."""
@@ -132,12 +174,24 @@ class DataWidget(QWidget):
         self.bf_radius = QDoubleSpinBox(minimum=0.5, maximum=4096, value=8, decimals=1)
         self.adf_inner = QDoubleSpinBox(minimum=0.0, maximum=4096, value=12, decimals=1)
         self.adf_outer = QDoubleSpinBox(minimum=0.5, maximum=4096, value=30, decimals=1)
+        for spin in (self.bf_radius, self.adf_inner, self.adf_outer):
+            spin.setSuffix(" px")
+        self.bf_radius.setToolTip("radius of the bright-field disc (default: the measured "
+                                  "direct beam)")
+        self.adf_inner.setToolTip("inner radius of the annular dark-field ring (default: "
+                                  f"{ADF_INNER_FACTOR:g} × the bright-field radius, outside "
+                                  "the direct beam)")
+        self.adf_outer.setToolTip("outer radius of the annular dark-field ring (default: "
+                                  "towards the detector edge)")
+        self.radii_label = QLabel("")
+        self.radii_label.setWordWrap(True)
         self.virtual_button = QPushButton("Compute BF / ADF navigators")
-        self.virtual_progress = QProgressBar()
+        self.virtual_progress = QProgressBar(format="%v of %m patterns read")
         self.virtual_progress.setVisible(False)
         vform.addRow("BF radius", self.bf_radius)
         vform.addRow("ADF inner", self.adf_inner)
         vform.addRow("ADF outer", self.adf_outer)
+        vform.addRow(self.radii_label)
         vform.addRow(self.virtual_button)
         vform.addRow(self.virtual_progress)
         layout.addWidget(box)
@@ -167,10 +221,15 @@ class DataWidget(QWidget):
             w.toggled.connect(self._on_config)
         for w in (self.bf_radius, self.adf_inner, self.adf_outer):
             w.valueChanged.connect(self._draw_circles)
+            w.valueChanged.connect(self._describe_radii)
+        from .hooks import prefer_this_reader
+
+        prefer_this_reader()  # dropped .h5 files open with this plugin, without napari's dialog
 
         self.viewer.layers.events.inserted.connect(self._refresh_datasets)
         self.viewer.layers.events.removed.connect(self._refresh_datasets)
         self.state.dataset_changed.connect(self._on_dataset)
+        self.state.preprocess_changed.connect(self._follow_preprocess)
         self.state.position_changed.connect(self._request_preview)
         self._refresh_datasets()
         if self.state.dataset is not self._dataset_shown:  # chosen before this dock opened
@@ -203,11 +262,7 @@ class DataWidget(QWidget):
         if dataset is None:
             self.info_label.setText("no dataset: open a file or the sample")
             return
-        c = dataset.calibration
-        self.info_label.setText(
-            f"{dataset.name}: scan {dataset.scan_shape[0]}×{dataset.scan_shape[1]} "
-            f"({c.scan_step[0]:g} {c.scan_unit}/px), detector {dataset.detector_shape[0]}×"
-            f"{dataset.detector_shape[1]}, {dataset.dtype}")
+        self.info_label.setText(f"{dataset.name}: {calibration_text(dataset)}")
         if self.state.dataset_layer_name and self.dataset_combo.currentText() != self.state.dataset_layer_name:
             self.dataset_combo.setCurrentText(self.state.dataset_layer_name)
         beam = dataset_beam(self.viewer, dataset)
@@ -222,15 +277,38 @@ class DataWidget(QWidget):
     def _apply_beam(self, dataset: Any, estimate: tuple) -> None:
         if dataset is not self.state.dataset:
             return
-        centre, radius, (inner, outer) = estimate
+        centre, radius, _ = estimate  # the ADF ring is chosen here, outside the BF disc
         self._beam_centre = centre
-        for spin, value in ((self.bf_radius, radius), (self.adf_inner, inner),
-                            (self.adf_outer, outer)):
+        radius, inner, outer = default_detector_radii(centre, radius,
+                                                      tuple(dataset.detector_shape))
+        # rounding to the spin boxes' 0.1 px must not put the ring back inside the disc
+        values = (round(radius, 1), np.ceil(inner * 10) / 10, np.ceil(outer * 10) / 10)
+        for spin, value in zip((self.bf_radius, self.adf_inner, self.adf_outer), values):
             spin.blockSignals(True)
-            spin.setValue(round(value, 1))
+            spin.setValue(float(value))
             spin.blockSignals(False)
         self._draw_circles()
+        self._describe_radii()
         self.beam_estimated.emit()
+
+    def _describe_radii(self, *_: Any) -> None:
+        """The radii in the detector's calibrated unit (e.g. mrad), and a warning when the ADF
+        ring overlaps the bright-field disc."""
+        ds = self.state.dataset
+        bf, inner, outer = self.bf_radius.value(), self.adf_inner.value(), self.adf_outer.value()
+        parts = []
+        if ds is not None and ds.calibration.detector_unit not in ("", "px", "pixel"):
+            step, unit = float(ds.calibration.detector_step[0]), ds.calibration.detector_unit
+            parts.append(f"BF disc {bf * step:.3g} {unit}, ADF ring {inner * step:.3g}–"
+                         f"{outer * step:.3g} {unit}")
+        warn = inner < bf
+        if warn:
+            parts.append("⚠ the ADF ring starts inside the bright-field disc")
+        elif outer <= inner:
+            warn = True
+            parts.append("⚠ the ADF ring is empty (outer ≤ inner)")
+        self.radii_label.setText("; ".join(parts))
+        self.radii_label.setStyleSheet("color: orange" if warn else "")
 
     def _open_file(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Open a 4D-STEM file")
@@ -264,6 +342,12 @@ class DataWidget(QWidget):
             scaling=self.scaling.currentText(), normalise=self.normalise.isChecked(),
             mask_bad_pixels=self.mask_bad.isChecked(), centre_beam=self.centre_beam.isChecked(),
             upper_percentile=self.upper_percentile.value())
+
+    def _follow_preprocess(self, config: Any) -> None:
+        """Show a detector binning another dock chose (the Train dock's fit to the machine)."""
+        if config is None or config.detector_bin == self.detector_bin.value():
+            return
+        self.detector_bin.setValue(int(config.detector_bin))  # refreshes label and preview
 
     def _on_config(self, *_: Any) -> None:
         try:

@@ -12,6 +12,24 @@ calls the reader once per dropped file, so any file of a set opens the whole dat
 seconds is not opened again (the second call returns napari's "nothing to add" sentinel).
 Dropping a whole set therefore gives one layer; opening the same file again later works.
 
+Files holding several arrays that could be the data (a simulation's ``/data`` and
+``/data_counts``): the reader asks which one (:func:`choose_dataset`: a list of name, shape and
+dtype; cancelling opens nothing) and opens that one; tests and scripts set ``DATASET_CHOOSER``.
+
+Which reader opens ``.h5``: napari's own reader also claims ``*.h5``/``*.hdf5``/``*.hdf`` (it
+cannot read HDF5: it fails with "cannot find loader"), so without a preference napari asks
+"Choose reader" for every drop. :func:`prefer_this_reader` records this plugin as the reader
+for those patterns in napari's settings (the same entry napari's "remember my choice" writes,
+shown in Preferences > Plugins), never replacing a preference the user set. It runs when the
+reader is first used and when the Data dock opens (so also in ``stem-ae demo``); napari runs no
+plugin code before a first drop, so that one drop may still ask. HDF5 files that hold no
+4D-STEM data are still declined (``get_reader`` returns None).
+
+Units: every layer of a dataset carries the same units, :func:`scan_units` (the scan's length
+unit when the file is calibrated, else napari's ``pixel``), so napari's "Inconsistent units
+across layers" only appears when a calibrated and an uncalibrated scan are open together (a
+pixel is not a length); the reader (or the sample command) then says so once, naming both.
+
 Opening never blocks the viewer for long: the navigator is read on a strided scan grid whose
 read (counted in the file's storage chunks, which decode whole) stays under
 ``NAVIGATOR_FULL_BYTES`` and ``NAVIGATOR_MAX_POSITIONS``; data that was never written is not
@@ -26,6 +44,7 @@ import errno
 import math
 import os
 import stat
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -36,8 +55,8 @@ import numpy as np
 from ..data.chunks import strided_read_bytes
 from ..data.dataset import Dataset4D
 from ..data.errors import DataWarning
-from ..data.readers import SUFFIX_FORMATS
-from .keys import BEAM_KEY, DATASET_KEY, LABELS_KEY, NAVIGATOR_STRIDE_KEY
+from ..data.readers import SUFFIX_FORMATS, AmbiguousDatasetError, Candidate
+from .keys import BEAM_KEY, DATASET_KEY, LABELS_KEY, NAVIGATOR_STRIDE_KEY, PLUGIN
 
 #: above this many bytes decoded the reader computes the navigator on a strided scan grid so
 #: dropping a 100 GB file does not block the viewer for minutes (the Data dock computes the
@@ -51,6 +70,15 @@ _DEDUP_SECONDS = 3.0
 _recent: dict[Path, float] = {}
 
 LayerData = list[tuple[Any, ...]]
+
+#: ``chooser(path, candidates) -> key | None``: which array to open of a file holding several
+#: (``candidates``: ``readers.Candidate``; return its ``key``, or None to open nothing).
+#: None: ask with a Qt list dialog (:func:`ask_with_dialog`). Tests set it.
+DATASET_CHOOSER: Callable[[Path, list[Candidate]], Any] | None = None
+
+#: file patterns napari's own reader claims too but cannot read (HDF5): this plugin's reader
+#: is recorded as the preferred one for them (:func:`prefer_this_reader`)
+PREFERRED_PATTERNS = ("*.h5", "*.hdf5", "*.hdf")
 
 
 def _looks_like_hdf5(path: Path) -> bool:
@@ -113,8 +141,32 @@ def _accepts(path: Path) -> bool:
     return True
 
 
+def prefer_this_reader(settings: Any = None) -> list[str]:
+    """Make this plugin napari's preferred reader for :data:`PREFERRED_PATTERNS` (HDF5), so
+    dropping a 4D-STEM ``.h5`` opens it without napari's "Choose reader" dialog.
+
+    A pattern the user already associated with a reader is left alone. Returns the patterns
+    set now. Never raises (no napari, or settings that cannot be written: nothing happens).
+    """
+    try:
+        if settings is None:
+            from napari.settings import get_settings
+
+            settings = get_settings()
+        current = dict(settings.plugins.extension2reader)
+        new = [p for p in PREFERRED_PATTERNS if p not in current]
+        if new:
+            current.update({p: PLUGIN for p in new})
+            settings.plugins.extension2reader = current
+        return new
+    except Exception:
+        return []
+
+
 def get_reader(path: str | list[str]) -> Callable[[Any], LayerData] | None:
     """npe2 ``get_reader``: a reader for 4D-STEM files, else None. Never raises."""
+    if "napari" in sys.modules:  # inside napari (a script's call imports no GUI)
+        prefer_this_reader()
     try:
         paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
         if not paths or not all(_accepts(Path(p)) for p in paths):
@@ -138,11 +190,23 @@ def read_4dstem(path: str | list[str]) -> LayerData:
         if now - _recent.get(primary, -1e9) < _DEDUP_SECONDS:
             continue
         _recent[primary] = now
+        name = None
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            dataset = open_dataset(primary)
             try:
-                new = navigator_layers(dataset)
+                dataset = open_dataset(primary)
+            except AmbiguousDatasetError as exc:
+                key = choose_dataset(primary, exc.candidates)
+                if key is None:  # the user cancelled: nothing opens (and it may be dropped again)
+                    _recent.pop(primary, None)
+                    continue
+                dataset = open_dataset(primary, dataset=key)
+                chosen = next((c for c in exc.candidates if c.key == key), None)
+                label = (chosen.title if chosen is not None and chosen.title
+                         else str(key).strip("/"))
+                name = f"{dataset.name} [{label}]"
+            try:
+                new = navigator_layers(dataset, name=name)
             except BaseException:
                 dataset.close()  # a read error in the navigator leaves no file open
                 raise
@@ -153,9 +217,92 @@ def read_4dstem(path: str | list[str]) -> LayerData:
             else:  # not ours to show: back to the normal warning machinery
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
         note = navigator_note(dataset, new[0][1]["metadata"][NAVIGATOR_STRIDE_KEY])
-        notify(problems, [note] if note else [])
+        clash = units_clash_note(dataset)
+        notify(problems + ([clash] if clash else []), [note] if note else [])
         layers.extend(new)
     return layers or [(None,)]
+
+
+def choose_dataset(path: Path, candidates: list[Candidate]) -> Any:
+    """Which of ``candidates`` to open (its ``key``), or None: :data:`DATASET_CHOOSER`, else a
+    dialog. Without a running Qt application the file's own error is raised (it lists them)."""
+    if DATASET_CHOOSER is not None:
+        return DATASET_CHOOSER(path, candidates)
+    return ask_with_dialog(path, candidates)
+
+
+def ask_with_dialog(path: Path, candidates: list[Candidate]) -> Any:
+    """A list dialog: 'name  shape  dtype' per candidate; OK opens it, Cancel opens nothing."""
+    try:
+        from qtpy.QtWidgets import QApplication, QDialog, QInputDialog
+    except ImportError:
+        raise AmbiguousDatasetError(path, candidates) from None
+    app = QApplication.instance()
+    if app is None:
+        raise AmbiguousDatasetError(path, candidates)
+    items = [c.describe() for c in candidates]
+    dialog = QInputDialog(app.activeWindow())
+    dialog.setWindowTitle("Which array is the 4D-STEM data?")
+    dialog.setLabelText(f"{path.name} holds several arrays that could be the 4D-STEM data.\n"
+                        "Choose one (name, scan × detector shape, type):")
+    dialog.setOption(QInputDialog.InputDialogOption.UseListViewForComboBoxItems, True)
+    dialog.setComboBoxItems(items)
+    dialog.setTextValue(items[0])
+    dialog.setOkButtonText("Open")
+    try:
+        accepted = dialog.exec() == QDialog.DialogCode.Accepted
+        choice = dialog.textValue()
+    finally:
+        dialog.deleteLater()
+    if not accepted or choice not in items:
+        return None
+    return candidates[items.index(choice)].key
+
+
+def scan_units(calibration: Any) -> tuple[str, str]:
+    """The (row, column) units every real-space layer of a dataset carries: the scan's unit
+    when it is a length napari knows (Å, nm, µm...), else ``pixel`` (uncalibrated scans)."""
+    unit = str(getattr(calibration, "scan_unit", "") or "")
+    if unit in ("", "px", "pixel", "pixels"):
+        return ("pixel", "pixel")
+    try:
+        import pint
+
+        if not pint.get_application_registry().Unit(unit).is_compatible_with("meter"):
+            return ("pixel", "pixel")
+    except Exception:  # an unknown unit: napari could not use it either
+        return ("pixel", "pixel")
+    return (unit, unit)
+
+
+def units_clash_note(dataset: Dataset4D, name: str | None = None) -> str | None:
+    """One message when ``dataset``'s units cannot share napari's canvas with the layers already
+    open (a calibrated and an uncalibrated scan): napari then ignores units while both are open."""
+    name = name or dataset.name
+    try:
+        from napari import current_viewer
+
+        viewer = current_viewer()
+    except Exception:
+        return None
+    if viewer is None:
+        return None
+    mine_pixel = scan_units(dataset.calibration)[0] == "pixel"
+    for layer in viewer.layers:
+        try:
+            units = [str(u) for u in layer.units[-2:]]
+        except Exception:
+            continue
+        other_pixel = all(u == "pixel" for u in units)
+        if other_pixel != mine_pixel:
+            other = layer.name.removesuffix(" virtual BF")
+            calibrated = other if mine_pixel else name
+            plain = name if mine_pixel else other
+            return (f"{plain} has no scan calibration (shown in pixels) while {calibrated} is "
+                    "in length units: napari cannot put pixels and lengths on one scale, so it "
+                    "draws both without units (its 'Inconsistent units' warning) until one of "
+                    "them is closed")
+    return None
 
 
 def notify(problems: list[str], notes: list[str] = ()) -> None:
@@ -218,8 +365,7 @@ def navigator_layers(dataset: Dataset4D, name: str | None = None) -> LayerData:
     }
     if stride > 1:  # strided pixels sit at the centre of the block they stand for
         kwargs["translate"] = (step[0] * (stride - 1) / 2, step[1] * (stride - 1) / 2)
-    if dataset.calibration.scan_unit not in ("px", ""):
-        kwargs["units"] = (dataset.calibration.scan_unit,) * 2
+    kwargs["units"] = scan_units(dataset.calibration)
     return [(bf, kwargs, "image")]
 
 
@@ -265,10 +411,13 @@ def make_sample_data() -> LayerData:
     labels_kwargs = {
         "name": "4D-STEM sample ground truth",
         "scale": dataset.calibration.scan_step,
-        "units": (dataset.calibration.scan_unit,) * 2,
+        "units": scan_units(dataset.calibration),
         "metadata": {LABELS_KEY: dataset.labels, "label_names": dataset.metadata["label_names"]},
         "visible": False,
     }
     # labels 0..4 become 1..5 so vacuum is not drawn as napari's transparent background
     layers.append((dataset.labels.astype(np.int32) + 1, labels_kwargs, "labels"))
+    clash = units_clash_note(dataset, "4D-STEM sample")
+    if clash:
+        notify([clash])
     return layers

@@ -94,7 +94,7 @@ class TraversalWidget(QWidget):
             row = QHBoxLayout()
             row.addWidget(slider, 1)
             row.addWidget(label)
-            self.form.addRow(f"z[{d}]", row)
+            self.form.addRow(f"latent {d}", row)
             slider.valueChanged.connect(lambda v, d=d, label=label: self._on_slider(d, v, label))
             self._sliders.append(slider)
             self._value_labels.append(label)
