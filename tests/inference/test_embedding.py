@@ -150,3 +150,20 @@ def test_hdf5_and_tiff_export_round_trip(tmp_path):
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "e.tif"), np.moveaxis(emb, -1, 0))
     export_tiff(tmp_path / "m.tif", maps["mse"])
     assert tifffile.imread(tmp_path / "m.tif").shape == (4, 6)
+
+
+def test_embedding_without_scores_never_runs_the_decoder(setup, monkeypatch):
+    """Encoder-only embedding when no error map (and no reconstruction) is asked for."""
+    model, prep, ds = setup
+    expected = embed_and_score(model, prep, ds, batch_size=4, score=True).embeddings
+
+    def no_decoder(*args, **kwargs):
+        raise AssertionError("the decoder ran")
+
+    monkeypatch.setattr(model.decoder, "forward", no_decoder)
+    monkeypatch.setattr(model, "decode", no_decoder)
+    res = embed_and_score(model, prep, ds, batch_size=4, score=False)
+    assert res.mse is None and res.psnr is None and res.error_maps() == {}
+    np.testing.assert_allclose(res.embeddings, expected, atol=1e-6)
+    with pytest.raises(AssertionError, match="decoder ran"):
+        embed_and_score(model, prep, ds, batch_size=4, score=True)

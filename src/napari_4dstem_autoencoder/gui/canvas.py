@@ -23,12 +23,33 @@ _ARROWS = {"Up": (-1, 0), "Down": (1, 0), "Left": (0, -1), "Right": (0, 1)}
 
 
 def _with_units(state: StemState, kwargs: dict[str, Any], ndim: int) -> dict[str, Any]:
-    """Give a new real-space layer the scan's units (as the reader's navigator has them)."""
+    """Give a new real-space layer the scan's units, exactly as the reader's navigator has them
+    (``hooks.scan_units``: the scan's length unit, or ``pixel`` for an uncalibrated scan), so
+    every layer of a dataset agrees and napari never finds inconsistent units among them.
+    Leading axes (the embedding stack's latent channel) are in ``pixel``."""
+    from .hooks import scan_units
+
     ds = state.dataset
-    if ds is not None and "units" not in kwargs and ds.calibration.scan_unit not in ("px", ""):
-        unit = ds.calibration.scan_unit
-        kwargs["units"] = ("pixel",) * (ndim - 2) + (unit, unit)
+    if ds is not None and "units" not in kwargs:
+        kwargs["units"] = ("pixel",) * (ndim - 2) + scan_units(ds.calibration)
     return kwargs
+
+
+def _pint_names(units: Any) -> tuple[str, ...]:
+    """Unit names as napari's layers report them ('Å' -> 'angstrom')."""
+    try:
+        from napari.utils.transforms._units import get_units_from_name
+
+        return tuple(str(u) for u in get_units_from_name(tuple(units)))
+    except Exception:
+        return tuple(str(u) for u in units)
+
+
+def _set_units(layer: Any, units: Any) -> None:
+    """Change a kept layer's units only when they differ: every change makes napari check
+    the units of all layers again (and warn again when they clash)."""
+    if units is not None and tuple(str(u) for u in layer.units) != _pint_names(units):
+        layer.units = units
 
 
 def upsert_image(viewer: Any, name: str, data: np.ndarray, **kwargs: Any) -> Any:
@@ -36,6 +57,8 @@ def upsert_image(viewer: Any, name: str, data: np.ndarray, **kwargs: Any) -> Any
     viewer = unwrap_viewer(viewer)
     metadata = dict(kwargs.pop("metadata", {}))
     metadata.setdefault(REALSPACE_KEY, True)
+    ndim = np.ndim(data) - (1 if kwargs.get("rgb") else 0)
+    kwargs = _with_units(get_state(viewer), kwargs, ndim)
     if name in viewer.layers:
         layer = viewer.layers[name]
         if layer.data.shape == np.shape(data) and getattr(layer, "rgb", False) == kwargs.get("rgb", False):
@@ -43,13 +66,12 @@ def upsert_image(viewer: Any, name: str, data: np.ndarray, **kwargs: Any) -> Any
             for key in ("scale", "translate"):
                 if key in kwargs:
                     setattr(layer, key, kwargs[key])
+            _set_units(layer, kwargs.get("units"))
             if "contrast_limits" in kwargs:
                 layer.contrast_limits = kwargs["contrast_limits"]
             layer.metadata.update(metadata)
             return layer
         viewer.layers.remove(layer)
-    ndim = np.ndim(data) - (1 if kwargs.get("rgb") else 0)
-    kwargs = _with_units(get_state(viewer), kwargs, ndim)
     layer = viewer.add_image(data, name=name, metadata=metadata, **kwargs)
     bind_arrow_keys(layer, get_state(viewer))
     return layer
@@ -59,16 +81,17 @@ def upsert_labels(viewer: Any, name: str, data: np.ndarray, **kwargs: Any) -> An
     viewer = unwrap_viewer(viewer)
     metadata = dict(kwargs.pop("metadata", {}))
     metadata.setdefault(REALSPACE_KEY, True)
+    kwargs = _with_units(get_state(viewer), kwargs, np.ndim(data))
     if name in viewer.layers and viewer.layers[name].data.shape == np.shape(data):
         layer = viewer.layers[name]
         layer.data = data
         for key in ("scale", "translate"):
             if key in kwargs:
                 setattr(layer, key, kwargs[key])
+        _set_units(layer, kwargs.get("units"))
         return layer
     if name in viewer.layers:
         viewer.layers.remove(viewer.layers[name])
-    kwargs = _with_units(get_state(viewer), kwargs, np.ndim(data))
     layer = viewer.add_labels(data, name=name, metadata=metadata, **kwargs)
     bind_arrow_keys(layer, get_state(viewer))
     return layer
@@ -112,8 +135,28 @@ def _update_probe(viewer: Any, state: StemState) -> None:
     point = np.array([[state.position[0], state.position[1]]], dtype=float)
     if PROBE_LAYER in viewer.layers:
         layer = viewer.layers[PROBE_LAYER]
-        layer.scale = geo.step
-        layer.data = point
+        # each setter makes napari recompute the viewer's dims (several ms per event, per
+        # click): set the scale only when it changed (another dataset), the data only when
+        # the point moved
+        rescaled = not np.allclose(layer.scale[-2:], geo.step)
+        if rescaled:
+            layer.scale = geo.step
+        _set_units(layer, _with_units(state, {}, 2).get("units"))  # another dataset's units
+        if layer.data.shape != point.shape or not np.array_equal(layer.data, point):
+            # The viewer refits its dims to every layer on each data event, twice per move
+            # (most of a move's cost). While the dataset's own layer is shown, it spans the
+            # whole scan, so a marker moving inside the scan cannot change the dims: that one
+            # callback is held back then (the plain setter for another dataset's scan, without
+            # such a layer, or should napari rename the callback).
+            refit = getattr(viewer, "_on_layers_change", None)
+            same_scan = layer.metadata.get("probe_of") == id(state.dataset) and not rescaled
+            layer.metadata["probe_of"] = id(state.dataset)
+            if refit is not None and same_scan and any(
+                    layer_dataset(other) is state.dataset for other in dataset_layers(viewer)):
+                with layer.events.data.blocker(refit):
+                    layer.data = point
+            else:
+                layer.data = point
         return
     size = max(geo.shape) / 40 + 1
     active = viewer.layers.selection.active

@@ -1,9 +1,11 @@
 """Inspector dock: raw | reconstruction | difference at the selected probe position.
 
-Reading one pattern is done at once on the GUI thread. The reconstruction (one preprocessing
-pass, one encode + one decode; its preprocessed input is what the first panel shows) runs
-synchronously while it measures under ``SYNC_BUDGET_S``, otherwise in a worker that drops stale
-requests, so clicking or holding an arrow key never queues up work.
+Reading one pattern and preprocessing it (what the first panel shows) are done at once on the
+GUI thread. After an embedding pass the reconstruction is the one the pass kept (the state's
+``reconstructions``, made by the same model object from the same dataset): it is drawn at once,
+with nothing decoded. Otherwise the pattern is encoded and decoded in a worker that drops stale
+requests (:class:`.workers.LatestOnly`), so clicking or holding an arrow key never queues up
+decodes and never blocks the GUI thread, even while training.
 """
 
 from __future__ import annotations
@@ -20,7 +22,12 @@ from .canvas import adopt_first_dataset, install
 from .views import DIFF_CMAP, PATTERN_CMAP, PatternPanels, log_display
 from .workers import LatestOnly
 
-SYNC_BUDGET_S = 0.05
+
+def _read_pattern(view: Any, ry: int, rx: int) -> np.ndarray:
+    """``view.pattern(ry, rx)`` with dask's synchronous scheduler: one small chunk, read on the
+    calling thread, never waits for a pool thread to be scheduled (which, on a busy machine,
+    took longer than the read)."""
+    return np.asarray(view.data[int(ry), int(rx)].compute(scheduler="synchronous"))
 
 
 class InspectorWidget(QWidget):
@@ -30,6 +37,8 @@ class InspectorWidget(QWidget):
     read, in the file's dtype, on the model's scan grid), ``input_image`` (what the network
     sees, or log display without a model), ``recon_image``, ``diff_image`` (recon − input),
     ``psnr`` and ``ssim``. ``updated`` fires each time the display is complete.
+    ``recon_source`` says where the reconstruction came from: ``"stored"`` (kept by the
+    embedding pass) or ``"decoded"``; ``last_decode_s`` is the last decode's time.
     """
 
     updated = Signal()
@@ -46,6 +55,7 @@ class InspectorWidget(QWidget):
         self.ssim: float | None = None
         self.position: tuple[int, int] | None = None
         self.last_decode_s: float | None = None
+        self.recon_source: str | None = None
         self._view_cache: tuple[Any, Any, Any] | None = None
 
         layout = QVBoxLayout(self)
@@ -100,7 +110,7 @@ class InspectorWidget(QWidget):
             self.position_label.setText(f"position ({ry}, {rx}) lies outside the model's scan crop")
             return
         self.position = grid
-        raw = self._scan_view().pattern(*grid)
+        raw = _read_pattern(self._scan_view(), *grid)
         self.raw_pattern = raw
         text = f"position (row {ry}, col {rx})"
         if grid != (ry, rx):
@@ -109,7 +119,7 @@ class InspectorWidget(QWidget):
         loaded = state.model
         if loaded is None:
             self.input_image = log_display(raw)
-            self.recon_image = self.diff_image = None
+            self.recon_image = self.diff_image = self.recon_source = None
             self.psnr = self.ssim = None
             self.panels.set_image(0, self.input_image, (0.0, 1.0))
             self.panels.set_image(1, None)
@@ -117,17 +127,22 @@ class InspectorWidget(QWidget):
             self.metrics_label.setText("load or train a model to see its reconstruction")
             self.updated.emit()
             return
-        # the reconstruction preprocesses the pattern once and returns that input with it
-        if self.last_decode_s is not None and self.last_decode_s < SYNC_BUDGET_S \
-                and not self._decoder.busy:
-            self._show_reconstruction(grid, self._reconstruct(loaded, raw))
-        else:
-            self.metrics_label.setText("reconstructing…")
-            self._decoder.submit(grid, loaded, raw)
+        inputs = backend.preprocess_one(loaded, raw)  # the one preprocessing pass
+        stored = state.stored_reconstruction(*grid)
+        if stored is not None:
+            self._decoder.quit()  # a decode still queued is stale now
+            self._show(loaded, inputs, stored, "stored")
+            return
+        self.input_image = inputs
+        self.panels.set_image(0, inputs, (0.0, 1.0))
+        self.metrics_label.setText("reconstructing…")
+        self._decoder.submit(grid, loaded, raw, inputs)
 
-    def _reconstruct(self, loaded: Any, raw: np.ndarray) -> tuple[Any, np.ndarray, np.ndarray, float]:
+    def _reconstruct(self, loaded: Any, raw: np.ndarray, inputs: np.ndarray
+                     ) -> tuple[Any, np.ndarray, np.ndarray, float]:
+        """Worker thread: encode + decode one (already preprocessed) pattern."""
         t0 = time.perf_counter()
-        inputs, recon = backend.reconstruct_one(loaded, raw, self.state.device)
+        inputs, recon = backend.reconstruct_one(loaded, raw, self.state.device, inputs=inputs)
         return loaded, inputs, recon, time.perf_counter() - t0
 
     def _show_reconstruction(self, grid: tuple[int, int], result: tuple) -> None:
@@ -135,15 +150,21 @@ class InspectorWidget(QWidget):
         self.last_decode_s = seconds
         if loaded is not self.state.model or grid != self.position:
             return  # the model or the position changed meanwhile
+        self._show(loaded, inputs, recon, "decoded")
+
+    def _show(self, loaded: Any, inputs: np.ndarray, recon: np.ndarray, source: str) -> None:
         self.input_image = inputs
         self.recon_image = recon
+        self.recon_source = source
         self.diff_image = recon - inputs
         self.psnr, self.ssim = backend.pattern_quality(inputs, recon)
         lim = max(float(np.abs(self.diff_image).max()), 1e-6)
         self.panels.set_image(0, inputs, (0.0, 1.0))
         self.panels.set_image(1, recon, (0.0, 1.0))
         self.panels.set_image(2, self.diff_image, (-lim, lim))
+        how = ("stored by the embedding pass" if source == "stored"
+               else f"decode {self.last_decode_s * 1e3:.0f} ms")
         self.metrics_label.setText(
             f"PSNR {self.psnr:.2f} dB   SSIM {self.ssim:.3f}   "
-            f"(log-scaled, normalised input; decode {seconds * 1e3:.0f} ms)")
+            f"(log-scaled, normalised input; {how})")
         self.updated.emit()

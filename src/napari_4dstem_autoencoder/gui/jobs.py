@@ -45,10 +45,18 @@ def load_model(state: StemState, path: str, *, on_loaded: Callable[[Any], None] 
 
 
 class EmbeddingJob:
-    """Embeds the state's dataset with the state's model (one at a time; stoppable)."""
+    """Embeds the state's dataset with the state's model (one at a time; stoppable).
+
+    The pass keeps its reconstructions (float16; in memory up to ``memory_budget`` bytes, else
+    a memory-mapped file under ``directory``, a temporary folder by default), which land in the
+    state with the embeddings, so the Inspector shows them without decoding again.
+    """
 
     def __init__(self, state: StemState) -> None:
         self.state = state
+        self.keep_reconstructions = True
+        self.memory_budget: int | None = None  # None: the store's default
+        self.directory: str | None = None
         self.relay = ProgressRelay()
         self.worker: Any = None
         self.stop_event = threading.Event()
@@ -67,8 +75,14 @@ class EmbeddingJob:
         loaded, dataset = state.model, state.dataset
 
         def result(out: tuple | None) -> None:
-            if out is not None and state.model is loaded and state.dataset is dataset:
-                state.set_embeddings(*out)
+            if out is None:
+                return
+            embeddings, maps, store = out
+            if state.model is loaded and state.dataset is dataset:
+                state.set_reconstructions(store)
+                state.set_embeddings(embeddings, maps)
+            elif store is not None:  # made for a model or dataset no longer shown
+                store.close()
 
         def finished() -> None:
             self.worker = None
@@ -78,7 +92,9 @@ class EmbeddingJob:
         state.busy_changed.emit("embed", True)
         self.worker = start_function(
             backend.embed_and_score, loaded, dataset, state.device, self.relay, self.stop_event,
-            what=f"Embedding {dataset.name}", on_result=result, on_finished=finished)
+            keep_reconstructions=self.keep_reconstructions, memory_budget=self.memory_budget,
+            directory=self.directory, what=f"Embedding {dataset.name}", on_result=result,
+            on_finished=finished)
         return self.worker
 
     def stop(self) -> None:

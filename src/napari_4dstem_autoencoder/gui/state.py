@@ -79,6 +79,8 @@ class StemState:
     #: of its grid (ScanGeometry); shown like embeddings, but not kept as the state's embeddings
     preview_changed = Signal(object, int, object)
     error_maps_changed = Signal(object)  # dict[str, np.ndarray] | None
+    #: the embedding pass's kept reconstructions (inference.reconstructions.ReconstructionStore)
+    reconstructions_changed = Signal(object)
     position_changed = Signal(int, int)  # file scan position (ry, rx)
     selection_changed = Signal(object)  # bool mask on the model grid, or None
     busy_changed = Signal(str, bool)  # (task name, busy)
@@ -91,6 +93,10 @@ class StemState:
         self.model: Any = None  # training.checkpoints.LoadedModel (its file: .path)
         self.embeddings: np.ndarray | None = None
         self.error_maps: dict[str, np.ndarray] | None = None
+        #: reconstructions kept by the last embedding pass; its ``source`` is the
+        #: (model, dataset) pair they belong to. Dropped (and its files removed) when the
+        #: model or the dataset changes.
+        self.reconstructions: Any = None
         self.embedding_geometry: ScanGeometry | None = None
         self.position: tuple[int, int] | None = None
         self.selection: np.ndarray | None = None
@@ -106,6 +112,7 @@ class StemState:
             return
         self.dataset = dataset
         self.dataset_layer_name = layer_name
+        self.set_reconstructions(None)
         self.embeddings = None
         self.error_maps = None
         self.selection = None
@@ -120,6 +127,8 @@ class StemState:
         self.preprocess_changed.emit(config)
 
     def set_model(self, loaded: Any) -> None:
+        if loaded is not self.model:
+            self.set_reconstructions(None)
         self.model = loaded
         self.model_changed.emit(loaded)
         if self.position is not None:  # refresh the inspector with the new model
@@ -133,6 +142,27 @@ class StemState:
         self.selection = None
         self.embeddings_changed.emit(self.embeddings)
         self.error_maps_changed.emit(error_maps)
+
+    def set_reconstructions(self, store: Any) -> None:
+        """Keep an embedding pass's reconstructions (None: drop them); the store replaced is
+        closed, which removes its on-disk files."""
+        old, self.reconstructions = self.reconstructions, store
+        if old is store:
+            return
+        if old is not None:
+            old.close()
+        self.reconstructions_changed.emit(store)
+
+    def stored_reconstruction(self, gy: int, gx: int) -> np.ndarray | None:
+        """The kept reconstruction at model-grid position (gy, gx), float32 (H, W), when the
+        state holds one made by the current model from the current dataset; else None."""
+        store = self.reconstructions
+        if store is None or self.model is None or store.source is None:
+            return None
+        loaded, dataset = store.source
+        if loaded is not self.model or dataset is not self.dataset or not store.has(gy, gx):
+            return None
+        return store.get(gy, gx)
 
     def set_preview(self, embeddings: np.ndarray, positions_step: int,
                     geometry: ScanGeometry) -> None:

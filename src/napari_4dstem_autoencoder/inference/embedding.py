@@ -2,8 +2,10 @@
 
 Scans are read one dask chunk at a time on a reader thread (each chunk read once), cut into
 batches, preprocessed and queued; the caller's thread pushes the batches through the encoder
-(and the decoder when scoring). Reading overlaps compute, and memory is bounded by one chunk
-plus a few batches whatever the scan size.
+(and the decoder only when scoring or keeping reconstructions). Reading overlaps compute, and
+memory is bounded by one chunk plus a few batches whatever the scan size; reconstructions that
+are kept go, batch by batch, to a :class:`~.reconstructions.ReconstructionStore` (in memory
+when small, a memory-mapped file otherwise).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from ..data.dataset import Dataset4D
 from ..data.preprocess import Preprocessor
 from ..model.autoencoder import Autoencoder
 from ..training.device import Precision, choose_precision, resolve_device
+from .reconstructions import ReconstructionStore
 
 Progress = Callable[[int, int], None]
 #: CUDA's adaptive pooling asserts once a tensor holds 2**31 elements (B x 128 x H x W).
@@ -133,10 +136,14 @@ def embed_and_score(
     channels_last: bool | str = "auto",
     max_block_bytes: int = 256 * 2**20,
     queue_batches: int = 4,
+    reconstructions: ReconstructionStore | None = None,
 ) -> EmbeddingResult:
     """Embeddings of every position and, with ``score``, per-position MSE and PSNR.
 
-    One encoder pass per pattern; scoring adds one decoder pass. The model is moved to
+    One encoder pass per pattern; scoring adds one decoder pass, and without ``score`` (nor
+    ``reconstructions``) the decoder is never run. With ``reconstructions`` (a store shaped
+    like the scan view's grid and the model input), each batch's decoded patterns are written
+    to it as they are made (the same decoder pass the scores use). The model is moved to
     ``device`` and put in eval mode. A reader thread reads the scan one dask chunk at a time
     (at most ``max_block_bytes``) and preprocesses it into a queue of ``queue_batches``
     batches, so memory is bounded by one chunk plus a few batches whatever the scan size,
@@ -150,6 +157,12 @@ def embed_and_score(
     batch = safe_batch_size(batch_size, input_shape, model.config.decoder_canvas)
     emb = np.zeros((ry, rx, model.config.latent_dim), dtype=np.float32)
     mse = np.zeros((ry, rx), dtype=np.float32) if score else None
+    if reconstructions is not None and (reconstructions.scan_shape != (ry, rx)
+                                        or reconstructions.pattern_shape != tuple(input_shape)):
+        raise ValueError(f"the reconstruction store holds {reconstructions.scan_shape} x "
+                         f"{reconstructions.pattern_shape}, the scan view is {(ry, rx)} x "
+                         f"{tuple(input_shape)}")
+    decode = score or reconstructions is not None
     blocks = list(scan_blocks(view.data, batch, max_block_bytes))
     total, done = ry * rx, 0
     batches: queue.Queue = queue.Queue(maxsize=max(1, queue_batches))
@@ -170,7 +183,7 @@ def embed_and_score(
             x = precision.prepare_input(torch.from_numpy(x_np).unsqueeze(1).to(dev))
             with torch.inference_mode(), precision.autocast():
                 z = model.embed(x)
-                if score:
+                if decode:
                     x_hat = model.decode(z, tuple(x.shape[-2:]))
             # flat positions of this batch inside its block -> scan coordinates
             width = cols.stop - cols.start
@@ -179,12 +192,16 @@ def embed_and_score(
             emb[yy, xx] = z.float().cpu().numpy()
             if score:
                 mse[yy, xx] = (x_hat.float() - x.float()).pow(2).mean(dim=(1, 2, 3)).cpu().numpy()
+            if reconstructions is not None:
+                reconstructions.put(yy, xx, x_hat[:, 0].float().cpu().numpy())
             done += len(x_np)
             if progress is not None:
                 progress(done, total)
     finally:
         cancel.set()
         reader.join(timeout=30)
+    if reconstructions is not None:
+        reconstructions.finish()
     if not score:
         return EmbeddingResult(embeddings=emb)
     psnr = (10.0 * np.log10(1.0 / np.maximum(mse, _PSNR_FLOOR_MSE))).astype(np.float32)
@@ -197,17 +214,25 @@ def reconstruct(
     raw_patterns: np.ndarray,
     device: str | torch.device = "cpu",
     batch_size: int = 256,
+    *,
+    inputs: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(inputs, reconstructions), both preprocessed to [0, 1], for raw patterns.
 
     ``raw_patterns`` is one (Qy, Qx) pattern (results are (H, W)) or a stack (N, Qy, Qx)
-    (results are (N, H, W)). Cheap enough per pattern for interactive browsing.
+    (results are (N, H, W)). Cheap enough per pattern for interactive browsing. ``inputs``:
+    the patterns already preprocessed (``preprocessor.transform_patterns(raw_patterns)``),
+    so they are not preprocessed again.
     """
     raw = np.asarray(raw_patterns)
     single = raw.ndim == 2
     if raw.ndim not in (2, 3):
         raise ValueError(f"expected a (Qy, Qx) pattern or an (N, Qy, Qx) stack, got {raw.shape}")
-    x_np = preprocessor.transform_patterns(raw[None] if single else raw)
+    if inputs is None:
+        x_np = preprocessor.transform_patterns(raw[None] if single else raw)
+    else:
+        x_np = np.asarray(inputs, dtype=np.float32)
+        x_np = x_np[None] if single else x_np
     dev, precision = _prepare(model, device, "off", False)
     out = np.empty_like(x_np)
     with torch.inference_mode():
