@@ -22,7 +22,7 @@ import sys
 import threading
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from ._files import check_free_space, check_output, input_family
 from .training.presets import PRESETS
@@ -53,7 +53,9 @@ def _scan_shape(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scan-shape", nargs=2, type=_positive_int, metavar=("RY", "RX"),
                         help="scan grid for files that store a flat stack of patterns")
     parser.add_argument("--dataset", metavar="NAME",
-                        help="which array in a file holding several (HDF5 path or signal title)")
+                        help="which array in a file holding several: its HDF5 path (e.g. "
+                             "/data_counts) or a signal's index or title; without it such a "
+                             "file is refused with the list of its arrays")
     parser.add_argument("--complex-magnitude", action="store_true",
                         help="open complex data as its magnitude |z| (refused otherwise)")
 
@@ -61,7 +63,8 @@ def _scan_shape(parser: argparse.ArgumentParser) -> None:
 def _add_preprocessing(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("preprocessing (stored with the model)")
     g.add_argument("--scan-bin", type=int, default=1, help="bin the scan grid (default 1)")
-    g.add_argument("--detector-bin", type=int, default=1, help="bin detector pixels (default 1)")
+    g.add_argument("--detector-bin", type=int, default=None,
+                   help="bin detector pixels (default: fitted to the device, see --no-fit)")
     g.add_argument("--scan-crop", nargs=4, type=int, metavar=("Y0", "Y1", "X0", "X1"),
                    help="use only this part of the scan (half-open)")
     g.add_argument("--detector-crop", nargs=4, type=int, metavar=("Y0", "Y1", "X0", "X1"),
@@ -88,14 +91,19 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a model on a dataset",
                        description="Train on a dataset and write a checkpoint (atomically, every "
                                    "epoch, on Ctrl-C and at the end). --epochs is the total: a "
-                                   "resumed run trains the epochs still missing.")
+                                   "resumed run trains the epochs still missing. Before it "
+                                   "starts, a few timed steps fit what you did not set "
+                                   "(detector bin, subset, epochs, budget) to the device and "
+                                   "print the estimate.")
     t.add_argument("data", help="4D-STEM file (.mib .dm4 .emd .blo .raw .h5 .hspy .zspy .npy ...)")
     _scan_shape(t)
     _add_preprocessing(t)
     m = t.add_argument_group("model and optimisation")
     m.add_argument("--preset", metavar="{" + ",".join(PRESET_HELP) + "}", default=None,
                    help=" ".join(f"{name}: {text}" for name, text in PRESET_HELP.items()))
-    m.add_argument("--epochs", type=int, default=10, help="total epochs (default 10)")
+    m.add_argument("--epochs", type=int, default=None,
+                   help="total epochs (default: as many as the time budget covers; 10 with "
+                        "--no-fit or on CUDA)")
     m.add_argument("--batch-size", type=int, default=32, help="patterns per step (default 32)")
     m.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (default 1e-4, as TrainConfig)")
     m.add_argument("--lr-schedule", choices=["cosine", "plateau", "constant"], default="cosine")
@@ -103,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--lambda-sim", type=float, help="weight of the contrastive term")
     m.add_argument("--lambda-div", type=float, help="weight of the divergence term")
     m.add_argument("--subset", type=int, metavar="N",
-                   help="train on N random positions (default all); embedding uses all")
+                   help="train on N random positions (default: all, unless the time budget "
+                        "covers fewer than several epochs of them); embedding uses all")
     m.add_argument("--val-fraction", type=float, default=0.1,
                    help="fraction held out for validation (default 0.1)")
     m.add_argument("--early-stopping", type=int, metavar="EPOCHS",
@@ -117,7 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--compile", action="store_true", help="torch.compile the step (static shapes)")
     r.add_argument("--num-workers", type=int, default=0,
                    help="DataLoader workers when streaming data too large for memory")
-    r.add_argument("--max-minutes", type=float, help="wall-clock budget; stops cleanly when spent")
+    r.add_argument("--max-minutes", type=float,
+                   help="wall-clock budget; stops cleanly when spent (default: 5 on a CPU, "
+                        "none on CUDA)")
+    r.add_argument("--no-fit", action="store_true",
+                   help="do not fit the run to the device: no timed steps, detector bin 1, "
+                        "every position, 10 epochs unless given, no budget unless given")
     r.add_argument("--out", required=True, metavar="CHECKPOINT",
                    help="checkpoint to write (.safetensors)")
     r.add_argument("--checkpoint-every", type=int, default=1, metavar="EPOCHS")
@@ -167,16 +181,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _open(args: argparse.Namespace, path: str):
     from .data import open_dataset
+    from .data.readers import AmbiguousDatasetError
     shape = tuple(args.scan_shape) if getattr(args, "scan_shape", None) else None
-    return open_dataset(path, scan_shape=shape, dataset=getattr(args, "dataset", None),
-                        complex_data="magnitude" if getattr(args, "complex_magnitude", False)
-                        else "refuse")
+    try:
+        return open_dataset(path, scan_shape=shape, dataset=getattr(args, "dataset", None),
+                            complex_data="magnitude" if getattr(args, "complex_magnitude", False)
+                            else "refuse")
+    except AmbiguousDatasetError as exc:
+        raise CliError(ambiguity_message(exc)) from None
+
+
+def ambiguity_message(exc: Any) -> str:
+    """One line: the file, its candidate arrays with shapes and dtypes, and the --dataset
+    option to pick one (with the first candidate as the example)."""
+    listing = "; ".join(
+        f"{c.key}{' (' + c.title + ')' if c.title else ''} "
+        f"{'x'.join(str(n) for n in c.shape)} {c.dtype}" for c in exc.candidates)
+    example = exc.candidates[0].key if exc.candidates else "/data"
+    return (f"{exc.path}: several {exc.what} could be the 4D-STEM data: {listing}. "
+            f"Choose one with --dataset, e.g. --dataset {example}")
 
 
 def _preprocess_config(args: argparse.Namespace):
     from .data.preprocess import PreprocessConfig
     return PreprocessConfig(
-        scan_bin=args.scan_bin, detector_bin=args.detector_bin,
+        scan_bin=args.scan_bin, detector_bin=args.detector_bin or 1,
         scan_crop=tuple(args.scan_crop) if args.scan_crop else None,
         detector_crop=tuple(args.detector_crop) if args.detector_crop else None,
         scaling=args.scaling, normalise=not args.no_normalise,
@@ -217,7 +246,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             preset=preset, preprocess=_preprocess_config(args),
             objective=objective_with(preset, lambda_act=args.lambda_act,
                                      lambda_sim=args.lambda_sim, lambda_div=args.lambda_div),
-            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+            epochs=args.epochs or 10, batch_size=args.batch_size, lr=args.lr,
             train_subset=args.subset, val_fraction=args.val_fraction, seed=args.seed,
             device=args.device, amp=args.amp,
             channels_last={"auto": "auto", "on": True, "off": False}[args.channels_last],
@@ -229,6 +258,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
     dataset = _open(args, args.data)
     try:
+        config = _fit_to_device(args, config, dataset, ctx, say)
         check_free_space(out, _checkpoint_bytes(config, dataset), "checkpoint")
     except BaseException:
         dataset.close()
@@ -286,6 +316,24 @@ def cmd_train(args: argparse.Namespace) -> int:
         dataset.close()
         ddp.shutdown()
     return status
+
+
+def _fit_to_device(args: argparse.Namespace, config: Any, dataset: Any, ctx: Any,
+                   say: Callable[..., None]) -> Any:
+    """``config`` with what the user left unset (detector bin, subset, epochs, budget) fitted
+    to the device from a few timed steps (``training.plan``), and the estimate printed. Not
+    for --no-fit, --resume (the checkpoint fixes the preprocessing) or torchrun (each rank
+    would time its own steps)."""
+    from .training.plan import apply, plan_run
+
+    if args.no_fit or args.resume or ctx.enabled:
+        return config
+    say("timing a few training steps to fit the run to the device…")
+    plan = plan_run(dataset, config, max_minutes=args.max_minutes,
+                    detector_bin=args.detector_bin, train_subset=args.subset,
+                    epochs=args.epochs)
+    say(f"plan: {plan.describe()} (--no-fit for the literal settings)")
+    return apply(plan, config)
 
 
 def _remove_stale_temporaries(out: Path) -> None:
@@ -425,7 +473,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     check_free_space(out / "embeddings.tif", 2 * sum(a.size * 4 for a in maps.values()) + 2**20,
                      "TIFF files")
     for target, arr in targets.items():
-        print(export_tiff(target, arr, channel_axis=-1))
+        print(export_tiff(target, arr, channel_axis=-1, calibration=res.get("calibration")))
     return EXIT_OK
 
 

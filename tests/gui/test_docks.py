@@ -233,6 +233,10 @@ def test_latent_maps_composite_clusters_and_export(make_napari_viewer, qtbot, tm
     np.testing.assert_array_equal(results["extra"]["cluster_labels"], latent.labels)
     np.testing.assert_array_equal(results["error"]["mse"], state.error_maps["mse"])
     assert results["model_config"]["pool_schedule"] == "to4"
+    # the maps carry the grid they were computed on: the file's step through the model's bins
+    expected = state.model.preprocessor.output_calibration(state.dataset.calibration)
+    assert results["calibration"]["scan_unit"] == expected.scan_unit == "nm"
+    np.testing.assert_allclose(results["calibration"]["scan_step"], expected.scan_step)
     tif = latent.export(tmp_path / "maps.tif")
     stack = tifffile.imread(tif)
     np.testing.assert_array_equal(stack, np.moveaxis(state.embeddings, -1, 0))
@@ -425,17 +429,18 @@ def test_inspector_without_model_and_arrow_keys(make_napari_viewer, qtbot, open_
     assert state.position == (0, 63)
 
 
-def test_demo_opens_every_dock_and_quits(qtbot):
-    from napari_4dstem_autoencoder.gui.demo import DOCKS, open_demo, parse_args, run_demo
+def test_demo_opens_the_workflow_dock_and_quits(qtbot):
+    from napari_4dstem_autoencoder.gui.demo import open_demo, parse_args, run_demo
+    from napari_4dstem_autoencoder.gui.workflow_widget import WorkflowWidget
 
-    viewer, widgets, docks = open_demo(parse_args([]))
+    viewer, workflow = open_demo(parse_args(["--no-run"]))
     try:
-        assert set(widgets) == set(docks) == {name for name, _, _ in DOCKS}
+        assert isinstance(workflow, WorkflowWidget)
         assert get_state(viewer).dataset is not None
         assert get_state(viewer).dataset.scan_shape == (64, 64)
     finally:
         viewer.close()
-    assert run_demo(["--quit-after", "0.5"]) == 0
+    assert run_demo(["--no-run", "--quit-after", "0.5"]) == 0
 
 
 def test_embeddings_layer_moves_off_a_channel_that_went_flat(make_napari_viewer, checkpoint):

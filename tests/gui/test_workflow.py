@@ -68,7 +68,9 @@ def test_full_workflow(make_napari_viewer, qtbot, tmp_path, fast_preset, open_do
     assert np.all(np.isfinite(train.loss_plot.series("mse")))
     assert "Preview" in train.events_seen
     assert previews  # live maps reach the embeddings layer through the state's writer
-    assert train.epoch_bar.value() == 2
+    # the epoch bar fills batch by batch and ends full, on the last epoch
+    assert train.epoch_bar.value() == train.epoch_bar.maximum() == 2 * n_batches // 2
+    assert train.epoch_bar.format() == "epoch 2 of 2"
     # the trained model in memory is the state's model; its checkpoint is not read back
     assert state.model.model is event.model and state.model.preprocessor is event.preprocessor
     assert str(state.model.path) == event.checkpoint and state.model.preset == fast_preset

@@ -88,29 +88,82 @@ def load_checkpoint(path: str, device: str = "cpu") -> Any:
 
 
 def embed_and_score(loaded: Any, dataset: Any, device: str, progress: Progress | None = None,
-                    stop: threading.Event | None = None, batch_size: int = 64
-                    ) -> tuple[np.ndarray, dict[str, np.ndarray]] | None:
-    """Embeddings (Ry', Rx', 32) and reconstruction-error maps (mse, psnr) of a whole scan;
-    None when ``stop`` was set (a user's Stop is not an error)."""
+                    stop: threading.Event | None = None, batch_size: int = 64, *,
+                    keep_reconstructions: bool = True, memory_budget: int | None = None,
+                    directory: str | None = None
+                    ) -> tuple[np.ndarray, dict[str, np.ndarray], Any] | None:
+    """Embeddings (Ry', Rx', 32), reconstruction-error maps (mse, psnr) and, with
+    ``keep_reconstructions``, the reconstructions of a whole scan (an
+    ``inference.reconstructions.ReconstructionStore`` whose ``source`` is ``(loaded, dataset)``;
+    in memory up to ``memory_budget`` bytes, else a memory-mapped file under ``directory``,
+    a temporary folder by default; None without ``keep_reconstructions`` or when the disk has
+    no room for them). None when ``stop`` was set (a user's Stop is not an error); the
+    partial store is then removed."""
     from ..inference.embedding import EmbeddingCancelled
     from ..inference.embedding import embed_and_score as _embed
+    from ..inference.reconstructions import DEFAULT_MEMORY_BUDGET, ReconstructionStore
 
+    store = None
+    if keep_reconstructions:
+        prep = loaded.preprocessor
+        scan_shape = prep.scan_view(dataset).scan_shape
+        shape = prep.output_shape(tuple(dataset.detector_shape))
+        budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget
+        if _store_fits(scan_shape, shape, budget, directory):
+            store = ReconstructionStore(scan_shape, shape, memory_budget=budget,
+                                        directory=directory, source=(loaded, dataset))
     try:
         result = _embed(loaded.model, loaded.preprocessor, dataset, batch_size=batch_size,
-                        device=_device(device), progress=progress, stop=stop)
+                        device=_device(device), progress=progress, stop=stop,
+                        reconstructions=store)
     except EmbeddingCancelled:
+        if store is not None:
+            store.close()
         return None
-    return result.embeddings, {"mse": result.mse, "psnr": result.psnr}
+    except BaseException:
+        if store is not None:
+            store.close()
+        raise
+    return result.embeddings, {"mse": result.mse, "psnr": result.psnr}, store
 
 
-def reconstruct_one(loaded: Any, raw: np.ndarray, device: str) -> tuple[np.ndarray, np.ndarray]:
-    """(input, reconstruction) of one raw pattern, both in the model's [0, 1] space."""
+def _store_fits(scan_shape: tuple[int, int], shape: tuple[int, int], budget: int,
+                directory: str | None) -> bool:
+    """Whether reconstructions of this size can be kept: in memory under ``budget``, else on a
+    disk with room for them and 1 GiB to spare (else the Inspector decodes each click)."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    nbytes = 2 * scan_shape[0] * scan_shape[1] * shape[0] * shape[1]  # float16
+    if nbytes <= budget:
+        return True
+    where = Path(directory or tempfile.gettempdir()).absolute()
+    while not where.exists() and where != where.parent:  # a folder still to be made
+        where = where.parent
+    try:
+        free = shutil.disk_usage(where).free
+    except OSError:
+        return False
+    return free >= nbytes + 2**30
+
+
+def reconstruct_one(loaded: Any, raw: np.ndarray, device: str, inputs: np.ndarray | None = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """(input, reconstruction) of one raw pattern, both in the model's [0, 1] space.
+    ``inputs``: the pattern already preprocessed (then it is not preprocessed again)."""
     from ..inference.embedding import reconstruct
 
-    inputs, recon = reconstruct(loaded.model, loaded.preprocessor, raw, _device(device))
+    inputs, recon = reconstruct(loaded.model, loaded.preprocessor, raw, _device(device),
+                                inputs=inputs)
     shape = np.shape(recon)[-2:]
     return (np.asarray(inputs, dtype=np.float32).reshape(shape),
             np.asarray(recon, dtype=np.float32).reshape(shape))
+
+
+def preprocess_one(loaded: Any, raw: np.ndarray) -> np.ndarray:
+    """One raw pattern as the model sees it (float32 (H, W) in [0, 1])."""
+    return np.asarray(loaded.preprocessor.transform_patterns(raw), dtype=np.float32)
 
 
 def decode_latent(loaded: Any, z: np.ndarray, out_shape: tuple[int, int]) -> np.ndarray:
@@ -224,10 +277,16 @@ def export(path: str, state: Any, labels: np.ndarray | None = None,
 
     # the file dialog has asked before replacing a file; an input is never replaced
     check_output(path, _inputs(state), overwrite=True, what="export")
-    if str(path).lower().endswith((".tif", ".tiff")):
-        export_tiff(path, state.embeddings, channel_axis=-1)
-        return
     loaded = state.model
+    # the maps' grid: the file's calibration through the model's scan crop and binning
+    calibration = None
+    if state.dataset is not None:
+        calibration = state.dataset.calibration
+        if loaded is not None:
+            calibration = loaded.preprocessor.output_calibration(calibration)
+    if str(path).lower().endswith((".tif", ".tiff")):
+        export_tiff(path, state.embeddings, channel_axis=-1, calibration=calibration)
+        return
     extra = {} if labels is None else {"cluster_labels": np.asarray(labels)}
     if pca_labels is not None:
         extra["pca_cluster_labels"] = np.asarray(pca_labels)
@@ -235,7 +294,8 @@ def export(path: str, state: Any, labels: np.ndarray | None = None,
                 loaded.model.config.to_dict() if loaded is not None else None,
                 loaded.preprocessor.to_dict() if loaded is not None else None, extra,
                 metadata={"dataset": state.dataset.name if state.dataset is not None else "",
-                          "preset": loaded.preset if loaded is not None else None})
+                          "preset": loaded.preset if loaded is not None else None},
+                calibration=calibration)
 
 
 def virtual_images(dataset: Any, bf_radius: float, adf_inner: float, adf_outer: float,
@@ -290,3 +350,42 @@ def fit_preprocessor(dataset: Any, config: Any, max_patterns: int) -> Any:
     from ..data.preprocess import Preprocessor
 
     return Preprocessor.fit(dataset, config, max_patterns=max_patterns)
+
+
+def plan_run(dataset: Any, config: Any, **options: Any) -> Any:
+    """A run of ``config`` fitted to its device from timed steps (``training.plan``)."""
+    from ..training.plan import plan_run as _plan
+
+    return _plan(dataset, config, **options)
+
+
+def time_training_steps(view: Any, config: Any) -> tuple[float, float]:
+    from ..training.plan import time_training_steps as _time
+
+    return _time(view, config)
+
+
+def default_budget_minutes(device: str) -> float | None:
+    """The time budget a run on ``device`` gets by default (None: no limit, on CUDA)."""
+    from ..training.plan import DEFAULT_CPU_MINUTES
+
+    return None if _device(device).type == "cuda" else DEFAULT_CPU_MINUTES
+
+
+def release_device_memory(loaded: Any, device: str) -> None:
+    """Move a model off the GPU and give the allocator's cache back (no-op on the CPU)."""
+    from ..training.device import release_device_memory as _release
+
+    _release(getattr(loaded, "model", None), _device(device))
+
+
+def device_memory_text(device: str) -> str:
+    """'GPU memory in use: …' for a CUDA device, '' elsewhere."""
+    from ..training.device import device_memory
+
+    held = device_memory(_device(device))
+    if held is None:
+        return ""
+    allocated, reserved = held
+    return (f"GPU memory in use: {allocated / 2**20:,.0f} MiB "
+            f"(reserved by PyTorch: {reserved / 2**20:,.0f} MiB)")

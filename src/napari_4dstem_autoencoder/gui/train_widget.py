@@ -1,5 +1,11 @@
 """Train dock: hyperparameters, device, Start/Stop, progress with ETA, live losses and maps.
 
+Before Start the dock fits the run to the machine (``training.plan``): a few optimiser steps
+are timed on the dataset's own patterns in a worker, and the detector binning (written to the
+shared preprocessing, so the Data dock shows it), the training subset, the epochs and the time
+budget are set from them, with the estimate shown. Fields the user edits are kept and the plan
+fits the others around them; "Fit to this machine" forgets the edits and fits them all again.
+
 Widget values and the current dataset are read into a frozen ``TrainConfig`` on the GUI
 thread before the worker starts; the worker only iterates the engine's generator. Each
 event is handled here, on the GUI thread: progress bars, the append-only loss plot, and
@@ -43,11 +49,17 @@ from .canvas import adopt_first_dataset, install
 from .jobs import embedding_job
 from .state import ScanGeometry
 from .views import LossPlot
-from .workers import Failure, start_generator
+from .workers import Failure, LatestOnly, start_generator
 
 PREVIEW_SECONDS = 5.0
-#: live maps use at most this many positions (the engine embeds them between batches)
+#: live maps use at most this many positions (the engine embeds them between batches)...
 PREVIEW_MAX_POSITIONS = 1024
+#: ...and, on a slow device, as many as the encoder embeds in about this many seconds
+#: (estimated from the plan's timed training steps), but at least PREVIEW_MIN_POSITIONS
+PREVIEW_TARGET_S = 2.0
+PREVIEW_MIN_POSITIONS = 256
+#: an encoder pass costs about a sixth of a training step (forward + backward, both halves)
+ENCODER_SPEEDUP = 6.0
 CLOSE_WAIT_S = 60.0
 
 
@@ -77,6 +89,8 @@ class TrainWidget(QWidget):
     run_finished = Signal(object)
     #: emitted after each handled engine event
     event_handled = Signal(object)
+    #: emitted with the RunPlan once a fitted plan is in the form (or None when it failed)
+    plan_ready = Signal(object)
 
     def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -92,12 +106,19 @@ class TrainWidget(QWidget):
         self._run_dir = Path(tempfile.mkdtemp(prefix="stem4d-train-"))
         self._t0 = 0.0
         self._total_steps = 0
+        self._steps_per_epoch = 1
+        self._epochs = 1
         self._budget_s: float | None = None
         self._steps_done = 0
         self._run_dataset: Any = None
         self._run_geometry: ScanGeometry | None = None
         self._filter_target: weakref.ref | None = None
         self._stop_holder: dict[str, threading.Event | None] = {"stop": None}
+        self.plan: Any = None  # the RunPlan the estimate describes
+        self._pinned: set[str] = set()  # fields the user set: the plan keeps them
+        self._applying = False
+        self._own_preprocess: Any = None  # the preprocessing this dock last wrote
+        self._timings: dict[Any, tuple[float, float]] = {}
 
         layout = QVBoxLayout(self)
         box = QGroupBox("Model and optimisation")
@@ -121,6 +142,7 @@ class TrainWidget(QWidget):
                                           specialValueText="no limit")
         self.device = QComboBox()
         self.device.addItems(backend.available_devices())
+        self.max_minutes.setValue(backend.default_budget_minutes(self.device.currentText()) or 0)
         self.embed_after = QCheckBox("embed the whole scan when training ends")
         self.embed_after.setChecked(True)
         #: seconds between live embedding-map previews while training
@@ -132,12 +154,23 @@ class TrainWidget(QWidget):
         form.addRow("λ activity (L1)", self.lambda_act)
         form.addRow("λ similarity", self.lambda_sim)
         form.addRow("λ divergence", self.lambda_div)
-        form.addRow("training subset", self.subset)
+        form.addRow("training positions", self.subset)
         form.addRow("seed", self.seed)
         form.addRow("time budget (min)", self.max_minutes)
         form.addRow("device", self.device)
         form.addRow(self.embed_after)
         layout.addWidget(box)
+
+        fit_row = QHBoxLayout()
+        self.fit_button = QPushButton("Fit to this machine")
+        self.fit_button.setToolTip(
+            "Time a few training steps on this scan and choose the detector binning, the "
+            "training positions and the epochs so the time budget covers several epochs")
+        self.estimate_label = QLabel("estimate: open a dataset")
+        self.estimate_label.setWordWrap(True)
+        fit_row.addWidget(self.fit_button)
+        fit_row.addWidget(self.estimate_label, 1)
+        layout.addLayout(fit_row)
 
         row = QHBoxLayout()
         self.start_button = QPushButton("Start")
@@ -149,24 +182,39 @@ class TrainWidget(QWidget):
             row.addWidget(b)
         layout.addLayout(row)
 
-        self.epoch_bar = QProgressBar(format="epoch %v / %m")
-        self.batch_bar = QProgressBar(format="batch %v / %m")
+        self.epoch_bar = QProgressBar(format="epoch %v of %m")
+        self.batch_bar = QProgressBar(format="batch %v of %m")
         self.status_label = QLabel("idle")
         self.status_label.setWordWrap(True)
+        self.memory_label = QLabel("")
+        self.memory_label.setVisible(False)
         layout.addWidget(self.epoch_bar)
         layout.addWidget(self.batch_bar)
         layout.addWidget(self.status_label)
+        layout.addWidget(self.memory_label)
         self.loss_plot = LossPlot()
         layout.addWidget(self.loss_plot, 1)
 
         self.preset.currentTextChanged.connect(self._show_preset_lambdas)
         self.device.currentTextChanged.connect(self._on_device)
+        self._planner = LatestOnly(self._make_plan, self._apply_plan,
+                                   what="Timing training steps", owner=self)
+        self.epochs.valueChanged.connect(self._epochs_edited)
+        self.subset.valueChanged.connect(self._subset_edited)
+        self.max_minutes.valueChanged.connect(self._budget_edited)
+        self.preset.currentTextChanged.connect(self._replan)
+        self.batch_size.valueChanged.connect(self._replan)
+        self.fit_button.clicked.connect(self._fit_all)
+        self.state.dataset_changed.connect(self._replan)
+        self.state.preprocess_changed.connect(self._on_preprocess)
         self.start_button.clicked.connect(self.start)
         self.stop_button.clicked.connect(self.stop)
         self.save_button.clicked.connect(self._save_dialog)
         self.destroyed.connect(_shutdown_on_destroy(self))
         self._show_preset_lambdas(self.preset.currentText())
         adopt_first_dataset(napari_viewer, self.state)
+        if self.state.dataset is not None and self.plan is None:
+            self.request_plan()
 
     # -- form -----------------------------------------------------------------------------
     def _show_preset_lambdas(self, name: str) -> None:
@@ -179,12 +227,130 @@ class TrainWidget(QWidget):
     def _on_device(self, name: str) -> None:
         # embedding and the inspector follow the training device choice
         self.state.device = backend.resolve_device(name)
+        self.request_plan()
+
+    # -- fitting the run to the machine -----------------------------------------------------
+    # bound methods, not lambdas: Qt drops their connections when the dock is destroyed
+    def _replan(self, *_: Any) -> None:
+        self.request_plan()
+
+    def _fit_all(self, *_: Any) -> None:
+        self.request_plan(forget_edits=True)
+
+    def _epochs_edited(self, *_: Any) -> None:
+        self._on_user_edit("epochs")
+
+    def _subset_edited(self, *_: Any) -> None:
+        self._on_user_edit("train_subset")
+
+    def _budget_edited(self, *_: Any) -> None:
+        self._on_user_edit("max_minutes")
+
+    def _on_user_edit(self, name: str) -> None:
+        if self._applying:
+            return
+        self._pinned.add(name)
+        self._show_estimate()
+
+    def _on_preprocess(self, config: Any) -> None:
+        if self._applying or config == self._own_preprocess:
+            return
+        # the user changed the preprocessing (Data dock): its binning is theirs now
+        self._pinned.add("detector_bin")
+        self.request_plan()
+
+    def request_plan(self, forget_edits: bool = False) -> None:
+        """Fit binning, subset, epochs and budget to the device in a worker (the fields the
+        user set are kept unless ``forget_edits``); ``plan_ready`` fires when it is shown."""
+        if forget_edits:
+            self._pinned.clear()
+        if self.running or self.state.dataset is None:
+            return
+        try:
+            config = self._form_config()
+        except ValueError as exc:
+            self.estimate_label.setText(f"estimate: {exc}")
+            return
+        pins = {name: self._pinned_value(name, config) for name in self._pinned}
+        self.estimate_label.setText("estimate: timing a few training steps…")
+        self._planner.submit(None, self.state.dataset, config, pins)
+
+    def _pinned_value(self, name: str, config: Any) -> Any:
+        return {"epochs": config.epochs, "train_subset": config.train_subset,
+                "max_minutes": config.max_minutes,
+                "detector_bin": config.preprocess.detector_bin}[name]
+
+    def _make_plan(self, dataset: Any, config: Any, pins: dict[str, Any]) -> Any:
+        """Worker thread: the plan (timings cached per dataset, preset, device and binning)."""
+        def timer(view: Any, trial: Any) -> tuple[float, float]:
+            key = (id(dataset), trial.preset, trial.objective, trial.device,
+                   trial.batch_size, trial.preprocess)
+            if key not in self._timings:
+                self._timings[key] = backend.time_training_steps(view, trial)
+            return self._timings[key]
+
+        options: dict[str, Any] = {"timer": timer}
+        if "max_minutes" in pins:
+            if pins["max_minutes"] is None:
+                options["no_budget"] = True
+            else:
+                options["max_minutes"] = pins["max_minutes"]
+        for name in ("detector_bin", "train_subset", "epochs"):
+            if name in pins and pins[name] is not None:
+                options[name] = pins[name]
+        try:
+            return dataset, backend.plan_run(dataset, config.replace(max_minutes=None), **options)
+        except (ValueError, RuntimeError) as exc:  # too small to train, out of memory, …
+            return dataset, exc
+
+    def _apply_plan(self, _key: Any, result: Any) -> None:
+        dataset, plan = result
+        if dataset is not self.state.dataset or self.running:
+            return  # a newer dataset, or a run started meanwhile
+        if isinstance(plan, BaseException):
+            self.plan = None
+            self.estimate_label.setText(f"estimate: cannot time training here: {plan}")
+            self.plan_ready.emit(None)
+            return
+        self._applying = True
+        try:
+            if "epochs" not in self._pinned:
+                self.epochs.setValue(plan.epochs)
+            if "train_subset" not in self._pinned:
+                self.subset.setValue(plan.train_subset or 0)
+            if "max_minutes" not in self._pinned:
+                self.max_minutes.setValue(plan.max_minutes or 0)
+            current = self.state.preprocess_config or backend.preprocess_config()
+            if "detector_bin" not in self._pinned and current.detector_bin != plan.detector_bin:
+                self._own_preprocess = current.replace(detector_bin=plan.detector_bin)
+                self.state.set_preprocess(self._own_preprocess)
+        finally:
+            self._applying = False
+        self.plan = plan
+        self._show_estimate()
+        self.plan_ready.emit(plan)
+
+    def _show_estimate(self) -> None:
+        """The estimate for the form as it is now (the plan's timing, the user's numbers)."""
+        if self.plan is None:
+            return
+        subset = self.subset.value() or None
+        minutes = self.max_minutes.value() or None
+        self.plan = self.plan.replace(epochs=self.epochs.value(), train_subset=subset,
+                                      max_minutes=minutes)
+        text = f"estimate: {self.plan.describe()}"
+        if minutes is not None and self.plan.estimate_s >= minutes * 60 - 1:
+            text += " — the time budget ends the run"
+        self.estimate_label.setText(text)
 
     def train_config(self) -> Any:
         """The frozen TrainConfig the form describes (raises ValueError on a bad entry)."""
         stamp = time.strftime("%Y%m%d-%H%M%S")
         name = self.state.dataset.name if self.state.dataset is not None else "model"
         self.checkpoint_path = str(self._run_dir / f"{Path(name).stem}-{stamp}.safetensors")
+        return self._form_config().replace(checkpoint_path=self.checkpoint_path)
+
+    def _form_config(self) -> Any:
         return backend.make_train_config(
             preset=self.preset.currentText(),
             loss_weights={
@@ -196,7 +362,15 @@ class TrainWidget(QWidget):
             train_subset=self.subset.value() or None, seed=self.seed.value(),
             device=self.device.currentText(), max_minutes=self.max_minutes.value() or None,
             preview_every_seconds=self.preview_seconds,
-            preview_max_positions=PREVIEW_MAX_POSITIONS, checkpoint_path=self.checkpoint_path)
+            preview_max_positions=self.preview_positions())
+
+    def preview_positions(self) -> int:
+        """Positions of the live map: PREVIEW_MAX_POSITIONS, fewer where the plan's timing
+        says embedding them would keep the first map waiting."""
+        if self.plan is None:
+            return PREVIEW_MAX_POSITIONS
+        affordable = int(self.plan.patterns_per_second * ENCODER_SPEEDUP * PREVIEW_TARGET_S)
+        return max(PREVIEW_MIN_POSITIONS, min(PREVIEW_MAX_POSITIONS, affordable))
 
     # -- run control -----------------------------------------------------------------------
     @property
@@ -286,17 +460,23 @@ class TrainWidget(QWidget):
             self._run_geometry = ScanGeometry.for_preprocess(self._run_dataset,
                                                              event.config.preprocess)
             self.loss_plot.set_terms(event.loss_names)
-            self.epoch_bar.setMaximum(event.epochs)
-            self.epoch_bar.setValue(event.start_epoch)
+            # the epoch bar fills batch by batch, so a long epoch shows progress too
+            self._steps_per_epoch = max(1, event.steps_per_epoch)
+            self._epochs = event.epochs
+            self.epoch_bar.setMaximum(event.epochs * self._steps_per_epoch)
+            self.epoch_bar.setValue(event.start_epoch * self._steps_per_epoch)
+            self.epoch_bar.setFormat(f"epoch {event.start_epoch + 1} of {event.epochs}")
             self.batch_bar.setMaximum(event.steps_per_epoch)
             self.batch_bar.setValue(0)
+            self._show_memory(event.device)
             self.status_label.setText(
                 f"training on {event.device}: {event.n_train} patterns "
                 f"({event.n_val} held out), input {event.input_shape[0]}×{event.input_shape[1]}")
         elif isinstance(event, ev.BatchEnd):
             self._steps_done += 1
             self.batch_bar.setValue(event.step + 1)
-            self.epoch_bar.setValue(event.epoch)
+            self.epoch_bar.setValue(event.epoch * self._steps_per_epoch + event.step + 1)
+            self.epoch_bar.setFormat(f"epoch {event.epoch + 1} of {self._epochs}")
             self.loss_plot.append(event.global_step, event.losses)
             elapsed = time.monotonic() - self._t0
             remaining = self._total_steps - self._steps_done
@@ -308,7 +488,7 @@ class TrainWidget(QWidget):
                 f"loss {event.losses.get('total', float('nan')):.4g} — "
                 f"{event.patterns_per_second:.1f} patterns/s — ETA {format_eta(eta)}")
         elif isinstance(event, ev.EpochEnd):
-            self.epoch_bar.setValue(event.epoch + 1)
+            self.epoch_bar.setValue((event.epoch + 1) * self._steps_per_epoch)
         elif isinstance(event, ev.Preview):
             if self.state.dataset is self._run_dataset and self._run_geometry is not None:
                 self.state.set_preview(event.embeddings, event.positions_step,
@@ -316,6 +496,7 @@ class TrainWidget(QWidget):
         elif isinstance(event, ev.CheckpointSaved):
             self.save_button.setEnabled(True)
         elif isinstance(event, ev.Finished):
+            self._show_memory(self.state.device)
             self.status_label.setText(
                 f"finished ({event.reason}) after {format_eta(time.monotonic() - self._t0)}"
                 + ("; embedding the whole scan…" if event.checkpoint else ""))
@@ -335,6 +516,11 @@ class TrainWidget(QWidget):
             self.run_finished.emit(event)
         self.event_handled.emit(event)
 
+    def _show_memory(self, device: str) -> None:
+        text = backend.device_memory_text(device)
+        self.memory_label.setText(text)
+        self.memory_label.setVisible(bool(text))
+
     def _embed_after_training(self, _loaded: Any) -> None:
         if not self.embed_after.isChecked():
             self.status_label.setText(self.status_label.text().replace(
@@ -346,6 +532,7 @@ class TrainWidget(QWidget):
     def _embedded(self) -> None:
         self.status_label.setText(
             self.status_label.text().replace("; embedding the whole scan…", "; scan embedded"))
+        self._show_memory(self.state.device)
 
     # -- saving ----------------------------------------------------------------------------
     def _save_dialog(self) -> None:
