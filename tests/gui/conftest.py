@@ -81,3 +81,30 @@ def open_dock():
 def click():
     """``click(viewer, (y, x))``: a left click at a world position."""
     return _click
+
+
+#: the checkpoint fixture's preprocessing crops the 64x64 sample to this many positions a side
+CHECKPOINT_GRID = 6
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory) -> str:
+    """A real checkpoint (fast architecture, untrained weights) for the sample's
+    CHECKPOINT_GRID x CHECKPOINT_GRID corner, detector binned to 32x32."""
+    import torch
+
+    from napari_4dstem_autoencoder.data.preprocess import PreprocessConfig, Preprocessor
+    from napari_4dstem_autoencoder.data.sample import make_sample_dataset
+    from napari_4dstem_autoencoder.model.autoencoder import Autoencoder
+    from napari_4dstem_autoencoder.model.config import ModelConfig
+    from napari_4dstem_autoencoder.training.checkpoints import save_checkpoint
+
+    grid = CHECKPOINT_GRID
+    prep = Preprocessor.fit(make_sample_dataset(),
+                            PreprocessConfig(scan_crop=(0, grid, 0, grid), detector_bin=2))
+    torch.manual_seed(0)
+    model = Autoencoder(out_shape=(32, 32),
+                        config=ModelConfig(pool_schedule="to4", decoder_canvas="target")).eval()
+    path = tmp_path_factory.mktemp("ckpt") / "untrained.safetensors"
+    save_checkpoint(path, model, prep, input_shape=(32, 32))
+    return str(path)

@@ -16,27 +16,6 @@ from napari_4dstem_autoencoder.inference.reconstructions import TOLERANCE
 GRID = 6  # the checkpoint's preprocessing crops the sample to GRID x GRID positions
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> str:
-    """A real checkpoint (fast architecture, untrained weights) for the sample's corner."""
-    import torch
-
-    from napari_4dstem_autoencoder.data.preprocess import PreprocessConfig, Preprocessor
-    from napari_4dstem_autoencoder.data.sample import make_sample_dataset
-    from napari_4dstem_autoencoder.model.autoencoder import Autoencoder
-    from napari_4dstem_autoencoder.model.config import ModelConfig
-    from napari_4dstem_autoencoder.training.checkpoints import save_checkpoint
-
-    prep = Preprocessor.fit(make_sample_dataset(),
-                            PreprocessConfig(scan_crop=(0, GRID, 0, GRID), detector_bin=2))
-    torch.manual_seed(0)
-    model = Autoencoder(out_shape=(32, 32),
-                        config=ModelConfig(pool_schedule="to4", decoder_canvas="target")).eval()
-    path = tmp_path_factory.mktemp("ckpt") / "untrained.safetensors"
-    save_checkpoint(path, model, prep, input_shape=(32, 32))
-    return str(path)
-
-
 def _viewer(make_napari_viewer, open_dock, checkpoint):
     from napari_4dstem_autoencoder.training.checkpoints import load_checkpoint
 

@@ -18,27 +18,6 @@ SAMPLE = "stem4d_sample"
 GRID = 6  # the checkpoint's preprocessing crops the 64x64 sample to GRID x GRID positions
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> str:
-    """A real checkpoint (fast preset shape, untrained weights) for the sample's 6x6 corner."""
-    import torch
-
-    from napari_4dstem_autoencoder.data.preprocess import PreprocessConfig, Preprocessor
-    from napari_4dstem_autoencoder.data.sample import make_sample_dataset
-    from napari_4dstem_autoencoder.model.autoencoder import Autoencoder
-    from napari_4dstem_autoencoder.model.config import ModelConfig
-    from napari_4dstem_autoencoder.training.checkpoints import save_checkpoint
-
-    dataset = make_sample_dataset()
-    prep = Preprocessor.fit(dataset, PreprocessConfig(scan_crop=(0, GRID, 0, GRID), detector_bin=2))
-    torch.manual_seed(0)
-    config = ModelConfig(pool_schedule="to4", decoder_canvas="target")
-    model = Autoencoder(out_shape=(32, 32), config=config).eval()
-    path = tmp_path_factory.mktemp("ckpt") / "untrained.safetensors"
-    save_checkpoint(path, model, prep, input_shape=(32, 32))
-    return str(path)
-
-
 def _viewer_with_model(make_napari_viewer, checkpoint, embeddings: bool = True):
     """A viewer with the sample, the checkpoint loaded and (fake but shaped) embeddings."""
     from napari_4dstem_autoencoder.training.checkpoints import load_checkpoint
@@ -158,7 +137,6 @@ def test_traversal_decodes_from_the_probe_and_follows_sliders(make_napari_viewer
     np.testing.assert_allclose(trav.decoded_image,
                                backend.decode_latent(state.model, z, (32, 32)), atol=1e-6)
     assert not np.allclose(trav.decoded_image, start)
-
 
 
 def test_the_dock_starts_with_the_library_clustering_scale():

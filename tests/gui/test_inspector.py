@@ -7,34 +7,12 @@ import threading
 import time
 
 import numpy as np
-import pytest
 
 from napari_4dstem_autoencoder.gui import backend
 from napari_4dstem_autoencoder.gui.keys import DATASET_KEY, PLUGIN
 from napari_4dstem_autoencoder.gui.state import get_state
 
 GRID = 6
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> str:
-    """A real checkpoint (fast architecture, untrained weights) for the sample's corner."""
-    import torch
-
-    from napari_4dstem_autoencoder.data.preprocess import PreprocessConfig, Preprocessor
-    from napari_4dstem_autoencoder.data.sample import make_sample_dataset
-    from napari_4dstem_autoencoder.model.autoencoder import Autoencoder
-    from napari_4dstem_autoencoder.model.config import ModelConfig
-    from napari_4dstem_autoencoder.training.checkpoints import save_checkpoint
-
-    prep = Preprocessor.fit(make_sample_dataset(),
-                            PreprocessConfig(scan_crop=(0, GRID, 0, GRID), detector_bin=2))
-    torch.manual_seed(0)
-    model = Autoencoder(out_shape=(32, 32),
-                        config=ModelConfig(pool_schedule="to4", decoder_canvas="target")).eval()
-    path = tmp_path_factory.mktemp("ckpt") / "untrained.safetensors"
-    save_checkpoint(path, model, prep, input_shape=(32, 32))
-    return str(path)
 
 
 class SlowDecoder:

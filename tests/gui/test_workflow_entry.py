@@ -150,3 +150,33 @@ def test_the_demo_runs_the_workflow_by_itself(make_napari_viewer, qtbot, open_do
     ry, rx = state.position
     assert labels[ry, rx] == np.bincount(labels.ravel()).argmax()  # in the largest region
     qtbot.waitUntil(lambda: workflow.inspector.recon_image is not None, timeout=60_000)
+
+
+def test_embedding_gives_the_device_memory_back_however_it_ends(tiny_checkpoint_model,
+                                                               monkeypatch):
+    """The release path on CPU: backend.embed_and_score hands the model to
+    release_device_memory after a finished and after a stopped pass."""
+    import threading
+
+    from napari_4dstem_autoencoder.training import device as device_mod
+
+    released = []
+    monkeypatch.setattr(device_mod, "release_device_memory",
+                        lambda model, device, keep_on_device=False: released.append(
+                            (model, str(device))))
+    loaded, dataset = tiny_checkpoint_model
+    out = backend.embed_and_score(loaded, dataset, "cpu")
+    assert out is not None and released == [(loaded.model, "cpu")]
+    stop = threading.Event()
+    stop.set()
+    assert backend.embed_and_score(loaded, dataset, "cpu", stop=stop) is None
+    assert released[-1] == (loaded.model, "cpu") and len(released) == 2
+
+
+@pytest.fixture
+def tiny_checkpoint_model(checkpoint):
+    from napari_4dstem_autoencoder.data.sample import make_sample_dataset
+    from napari_4dstem_autoencoder.training.checkpoints import load_checkpoint
+
+    loaded = load_checkpoint(checkpoint)
+    return loaded, make_sample_dataset(scan_shape=(8, 8))

@@ -98,7 +98,8 @@ def embed_and_score(loaded: Any, dataset: Any, device: str, progress: Progress |
     in memory up to ``memory_budget`` bytes, else a memory-mapped file under ``directory``,
     a temporary folder by default; None without ``keep_reconstructions`` or when the disk has
     no room for them). None when ``stop`` was set (a user's Stop is not an error); the
-    partial store is then removed."""
+    partial store is then removed. However it ends, the model leaves an accelerator and its
+    cached memory is given back (:func:`release_device_memory`)."""
     from ..inference.embedding import EmbeddingCancelled
     from ..inference.embedding import embed_and_score as _embed
     from ..inference.reconstructions import DEFAULT_MEMORY_BUDGET, ReconstructionStore
@@ -124,6 +125,8 @@ def embed_and_score(loaded: Any, dataset: Any, device: str, progress: Progress |
         if store is not None:
             store.close()
         raise
+    finally:  # stopped, failed or done: the model leaves the GPU (browsing reads the store)
+        release_device_memory(loaded, device)
     return result.embeddings, {"mse": result.mse, "psnr": result.psnr}, store
 
 

@@ -483,7 +483,7 @@ def train(
     model.eval()
     # The trained model leaves the accelerator with the run (optimiser state, activations
     # and the allocator's cache are freed here); the embedding moves it back while it runs.
-    del optimizer, step_module, loader, val_loader, preview_x
+    optimizer = step_module = loader = val_loader = preview_x = None  # drop their memory
     release_device_memory(model, device, keep_on_device=config.keep_model_on_device)
     objective.to(next(model.parameters()).device)
     trained = trained_model(model, preprocessor, objective, config, history, epoch=epoch,
