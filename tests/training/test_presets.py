@@ -8,6 +8,7 @@ import torch
 
 from napari_4dstem_autoencoder.model.autoencoder import Autoencoder
 from napari_4dstem_autoencoder.model.config import ModelConfig
+from napari_4dstem_autoencoder.model.summary import macs_per_pattern
 from napari_4dstem_autoencoder.objective import Objective, ObjectiveConfig
 from napari_4dstem_autoencoder.training.presets import (
     DEFAULT_PRESET,
@@ -70,8 +71,20 @@ def test_default_preset_fixes_the_latent_collapse():
 @pytest.mark.parametrize("name", sorted(set(PRESETS) - {"seed"}))
 def test_every_other_preset_fixes_the_seed_flaws(name):
     preset = PRESETS[name]
-    assert preset.model.pool_schedule == "to4" and preset.model.decoder_canvas == "target"
+    assert preset.model.pool_schedule == "to4" and preset.model.decoder_canvas != "fixed256"
+    assert preset.model.output_prior == "mean_pattern"
     assert preset.objective.divergence_form != "inverse_variance"
+
+
+@pytest.mark.parametrize("name", sorted(set(PRESETS) - {"seed"}))
+def test_every_other_preset_runs_its_wide_layers_at_half_resolution(name):
+    """Issue 17: pooled stem + half canvas, under a third of the seed-fix network's MACs."""
+    cfg = PRESETS[name].model
+    assert (cfg.encoder_stem, cfg.decoder_canvas) == ("pool2", "half_target")
+    full = cfg.replace(encoder_stem="full", decoder_canvas="target")
+    new = macs_per_pattern(Autoencoder(out_shape=(64, 64), config=cfg), (64, 64))["total"]
+    old = macs_per_pattern(Autoencoder(out_shape=(64, 64), config=full), (64, 64))["total"]
+    assert new * 3 < old
 
 
 def test_presets_differ_only_where_their_summaries_say():

@@ -66,7 +66,10 @@ class Encoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x)
-        x = self.conv_pre(self.conv_input(x))
+        x = self.conv_input(x)
+        if self.config.encoder_stem == "pool2":
+            x = F.avg_pool2d(x, 2)
+        x = self.conv_pre(x)
         for block, size in zip(self.res_blocks, self.pool_sizes(tuple(x.shape[-2:]))):
             x = block(x, size)
         x = self.conv_final(self.conv_post(x))

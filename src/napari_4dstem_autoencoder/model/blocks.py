@@ -123,7 +123,9 @@ class AdaptiveDecoder(nn.Module):
 
     The parameter count does not depend on the target size. ``canvas="fixed256"`` is the
     seed (x4 per block, 4 -> 256, then resize); ``canvas="target"`` grows geometrically to
-    the target so no compute is spent on pixels that are thrown away.
+    the target so no compute is spent on pixels that are thrown away; ``canvas="half_target"``
+    grows to half the target, resizes the last features to the target and runs the final
+    conv there, then adds the output prior (both at full resolution).
     """
 
     base_size = 4
@@ -136,6 +138,8 @@ class AdaptiveDecoder(nn.Module):
         self.canvas = canvas
         if output_prior not in ("none", "mean_pattern"):
             raise ValueError(f"unknown output_prior {output_prior!r}")
+        if canvas not in ("fixed256", "target", "half_target"):
+            raise ValueError(f"unknown canvas {canvas!r}")
         # logit of the training data's mean pattern, added before the sigmoid (a buffer:
         # saved with the weights, not trained). Zero until set_output_prior is called.
         self.register_buffer("prior_logit", torch.zeros(1, 1, *self.out_shape)
@@ -145,11 +149,20 @@ class AdaptiveDecoder(nn.Module):
         self.up_blocks = nn.ModuleList(ResNetUpBlock(self.channels) for _ in range(3))
         self.conv_final = conv3x3(self.channels, 1)
 
-    def stage_sizes(self, target: tuple[int, int]) -> list[tuple[int, int] | None]:
+    def canvas_size(self, target: tuple[int, int]) -> tuple[int, int] | None:
+        """The size the up blocks end at (None: the seed's x4 rule, 256 from 4)."""
         if self.canvas == "fixed256":
+            return None
+        if self.canvas == "half_target":
+            return tuple(max(self.base_size, (t + 1) // 2) for t in target)
+        return tuple(target)
+
+    def stage_sizes(self, target: tuple[int, int]) -> list[tuple[int, int] | None]:
+        canvas = self.canvas_size(target)
+        if canvas is None:
             return [None, None, None]
-        rows = geometric_sizes(self.base_size, target[0], 3)
-        cols = geometric_sizes(self.base_size, target[1], 3)
+        rows = geometric_sizes(self.base_size, canvas[0], 3)
+        cols = geometric_sizes(self.base_size, canvas[1], 3)
         return list(zip(rows, cols))
 
     def forward(self, z: torch.Tensor, out_shape: tuple[int, int] | None = None) -> torch.Tensor:
@@ -158,6 +171,11 @@ class AdaptiveDecoder(nn.Module):
         x = self.conv_initial(x)
         for block, size in zip(self.up_blocks, self.stage_sizes(target)):
             x = block(x, size)
+        if self.canvas == "half_target" and tuple(x.shape[-2:]) != target:
+            # the last 128-channel features are resized and the final conv runs at the target:
+            # its 3x3 kernels place edges between the half-size pixels, so the output is not a
+            # blurred half-size image (the prior is then added at full resolution too)
+            x = F.interpolate(x, size=target, mode="bilinear", align_corners=False)
         x = self.conv_final(x)
         if self.prior_logit is not None:
             prior = self.prior_logit

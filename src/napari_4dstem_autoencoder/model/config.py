@@ -1,8 +1,8 @@
 """Typed, serialisable architecture configuration of the autoencoder.
 
-Only choices that carry no parameters live here (pool schedule, decoder canvas, output prior),
-so every configuration has the same 3,914,404 trainable parameters. Loss settings live in
-``objective.config``; named recipes that pair the two in ``training.presets``.
+Only choices that carry no parameters live here (encoder stem, pool schedule, decoder canvas,
+output prior), so every configuration has the same 3,914,404 trainable parameters. Loss
+settings live in ``objective.config``; named recipes that pair the two in ``training.presets``.
 """
 
 from __future__ import annotations
@@ -14,8 +14,14 @@ from typing import Any, Literal
 from .._fields import checked_fields
 
 PoolSchedule = Literal["quarter", "to4"]
-DecoderCanvas = Literal["fixed256", "target"]
+DecoderCanvas = Literal["fixed256", "target", "half_target"]
 OutputPrior = Literal["none", "mean_pattern"]
+EncoderStem = Literal["full", "pool2"]
+
+POOL_SCHEDULES = ("quarter", "to4")
+DECODER_CANVASES = ("fixed256", "target", "half_target")
+OUTPUT_PRIORS = ("none", "mean_pattern")
+ENCODER_STEMS = ("full", "pool2")
 
 MIN_INPUT_SIZE = 32
 
@@ -31,26 +37,36 @@ class ModelConfig:
     decoder_canvas:
         ``"fixed256"``: upsample x4 three times (4 -> 16 -> 64 -> 256) and resize to the
         target, as the seed document says. ``"target"``: grow geometrically from 4 to the
-        target size across the three up blocks (all blocks still run).
+        target size across the three up blocks (all blocks still run). ``"half_target"``: grow
+        geometrically to half the target size, resize those 128-channel features bilinearly
+        to the target and run the final 128 -> 1 conv there; the output prior is added at the
+        target size too, so its detail stays at full resolution (a quarter of the up blocks'
+        compute; the final conv's 3x3 kernels still place edges at full resolution).
     output_prior:
         ``"none"`` (seed): the decoder's sigmoid starts from its own bias. ``"mean_pattern"``:
         the logit of the training data's mean pattern is added before the sigmoid (a buffer set
         once from the data; no parameters), so an untrained decoder already outputs the mean
         pattern and training spends its steps on how patterns differ.
+    encoder_stem:
+        ``"full"`` (seed): the 128-channel layers start at the input's resolution.
+        ``"pool2"``: the 64 first-layer features are average-pooled 2x2 (floor) before the
+        128-channel layers, which then start at half the input size (a quarter of the
+        compute); the pool schedule runs from that size.
     """
 
     latent_dim: int = 32
     pool_schedule: PoolSchedule = "quarter"
     decoder_canvas: DecoderCanvas = "fixed256"
     output_prior: OutputPrior = "none"
+    #: last, with the seed's value as default: configs saved before it existed load unchanged
+    encoder_stem: EncoderStem = "full"
 
     def __post_init__(self) -> None:
-        if self.pool_schedule not in ("quarter", "to4"):
-            raise ValueError(f"unknown pool_schedule {self.pool_schedule!r}")
-        if self.decoder_canvas not in ("fixed256", "target"):
-            raise ValueError(f"unknown decoder_canvas {self.decoder_canvas!r}")
-        if self.output_prior not in ("none", "mean_pattern"):
-            raise ValueError(f"unknown output_prior {self.output_prior!r}")
+        for name, allowed in (("pool_schedule", POOL_SCHEDULES),
+                              ("decoder_canvas", DECODER_CANVASES),
+                              ("output_prior", OUTPUT_PRIORS), ("encoder_stem", ENCODER_STEMS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"unknown {name} {getattr(self, name)!r}; one of {allowed}")
         if self.latent_dim != 32:
             # The parameter budget (and the embedding layer) is defined for 32-D latents.
             raise ValueError("latent_dim must be 32 (the documented network)")

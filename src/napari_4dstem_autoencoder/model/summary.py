@@ -2,7 +2,8 @@
 
 ``show`` counts multiply-accumulates (MACs) per pattern for convolutions, linear layers and
 batch norms from forward hooks, so the figures follow the actual shapes the network runs at
-(they depend on the input size and on the preset's pool schedule and decoder canvas).
+(they depend on the input size and on the preset's encoder stem, pool schedule and decoder
+canvas).
 """
 
 from __future__ import annotations
