@@ -167,3 +167,16 @@ def test_embedding_without_scores_never_runs_the_decoder(setup, monkeypatch):
     np.testing.assert_allclose(res.embeddings, expected, atol=1e-6)
     with pytest.raises(AssertionError, match="decoder ran"):
         embed_and_score(model, prep, ds, batch_size=4, score=True)
+
+
+def test_channels_last_inference_on_the_cpu_gives_the_contiguous_results(setup):
+    """CPU embedding runs channels_last by default (faster oneDNN convolutions); embeddings and
+    error maps are the ones a contiguous pass gives."""
+    model, prep, ds = setup
+    fast = embed_and_score(model, prep, ds)
+    plain = embed_and_score(model, prep, ds, channels_last=False)
+    np.testing.assert_allclose(fast.embeddings, plain.embeddings, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(fast.mse, plain.mse, rtol=1e-3, atol=1e-7)
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    embed_and_score(model, prep, ds)
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)

@@ -69,6 +69,10 @@ def test_precision_choices_per_device():
     assert cuda.autocast_dtype is torch.bfloat16 and cuda.channels_last
     cpu = choose_precision(torch.device("cpu"), "auto", "auto")
     assert cpu.autocast_dtype is None and not cpu.channels_last
+    # inference on the CPU: channels_last by default (oneDNN), never bf16
+    infer = choose_precision(torch.device("cpu"), "auto", "auto", inference=True)
+    assert infer.channels_last and infer.autocast_dtype is None
+    assert not choose_precision(torch.device("cpu"), "auto", False, inference=True).channels_last
     assert choose_precision(torch.device("cuda"), "off", False).autocast_dtype is None
     forced = choose_precision(torch.device("cpu"), "bf16", True)
     assert forced.autocast_dtype is torch.bfloat16 and forced.channels_last

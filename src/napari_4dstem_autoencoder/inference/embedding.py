@@ -72,7 +72,7 @@ def _prepare(model: Autoencoder, device: str | torch.device, amp: str,
              channels_last: bool | str) -> tuple[torch.device, Precision]:
     dev = device if isinstance(device, torch.device) else resolve_device(device)
     model.to(dev).eval()
-    precision = choose_precision(dev, amp, channels_last)
+    precision = choose_precision(dev, amp, channels_last, inference=True)
     if precision.channels_last:
         model.to(memory_format=torch.channels_last)
     return dev, precision

@@ -82,6 +82,14 @@ def _has_unused_parameters(model: Autoencoder, input_shape: tuple[int, int],
     return unused
 
 
+def make_optimizer(model: nn.Module, config: TrainConfig,
+                   device: torch.device) -> torch.optim.Optimizer:
+    """Adam at ``config.lr``; on the CPU its fused kernel, ~1.6x faster an update of 3.9 M
+    parameters than the default for-each one (docs/model.md); CUDA keeps PyTorch's default."""
+    return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
+                            fused=True if device.type == "cpu" else None)
+
+
 def _make_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer):
     if config.lr_schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs,
@@ -236,8 +244,7 @@ def train(
     if config.compile:
         step_module = torch.compile(step_module, dynamic=False)
 
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr,
-                                 weight_decay=config.weight_decay)
+    optimizer = make_optimizer(model, config, device)
     scheduler = _make_scheduler(config, optimizer)
     start_epoch, global_step = 0, 0
     history: list[dict[str, Any]] = []

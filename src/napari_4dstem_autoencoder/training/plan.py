@@ -37,6 +37,7 @@ from ..objective.objective import Objective
 from .config import TrainConfig
 from .data import fit_preprocessor_on
 from .device import choose_precision, resolve_device
+from .engine import make_optimizer
 
 #: wall-clock budget a CPU run gets by default (minutes)
 DEFAULT_CPU_MINUTES = 5.0
@@ -163,7 +164,7 @@ def time_training_steps(view: Dataset4D, config: TrainConfig, steps: int = 2,
     if precision.channels_last:
         model.to(memory_format=torch.channels_last)
     x = precision.prepare_input(patterns[:batch].unsqueeze(1).to(device))
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    optimizer = make_optimizer(model, config, device)
     elapsed = 0.0
     for k in range(warmup + steps):
         if device.type == "cuda":
