@@ -53,6 +53,8 @@ def main(argv=None) -> int:
     parser.add_argument("--stop-after", type=float, default=20.0,
                         help="seconds of training before Stop is pressed (default 20)")
     parser.add_argument("--quick", action="store_true", help="a smoke run (results not kept)")
+    parser.add_argument("--screenshots", type=Path, default=None, metavar="DIR",
+                        help="save the window (1366x768) after the plan and after clustering")
     args = parser.parse_args(argv)
 
     import napari
@@ -86,6 +88,17 @@ def main(argv=None) -> int:
              "patterns_per_s": plan.patterns_per_second}]
     print(f"plan after {plan_s:.1f} s: {plan.describe()}")
 
+    def shot(name: str) -> None:
+        if args.screenshots is not None:
+            args.screenshots.mkdir(parents=True, exist_ok=True)
+            for _ in range(50):
+                app.processEvents()
+                time.sleep(0.01)
+            viewer.screenshot(str(args.screenshots / f"{name}.png"), canvas_only=False)
+
+    workflow.show_step("Train")
+    shot("workflow_train_estimate")
+
     # -- a run with the defaults ------------------------------------------------------------
     maps: list[float] = []
     ended: list = []
@@ -111,6 +124,16 @@ def main(argv=None) -> int:
         core &= ~(near & (labels_true != c))
     ari_core = adjusted_rand(labels_true, cluster_embeddings(emb, k), core)
     pca = pca_kmeans_baseline(patterns, k).reshape(labels_true.shape)
+    if args.screenshots is not None:  # the Explore tab after clustering, probe in a region
+        done: list = []
+        workflow.latent.clustered.connect(done.append)
+        workflow.show_step("Maps")
+        workflow.latent.n_clusters.setValue(k)
+        workflow.latent.cluster()
+        wait_for(app, lambda: bool(done), 300)
+        state.set_position(40, 20)
+        wait_for(app, lambda: workflow.inspector.recon_image is not None, 120)
+        shot("workflow_explore")
     rows.append({"what": "run with the defaults",
                  "first_map_s": (maps[0] - t_start) if maps else None,
                  "run_s": t_end - t_start, "estimate_s": plan.estimate_s,

@@ -114,6 +114,9 @@ def test_estimate_counts_setup_epochs_and_overhead():
     assert p.n_train == 900
     assert p.estimate_s == pytest.approx(2.0 + 4 * 900 / 100 * (1 + plan_mod._OVERHEAD))
     assert p.replace(max_minutes=0.5).estimate_s == pytest.approx(30.0)  # the budget caps it
+    assert p.replace(max_minutes=0.5).cut_by_budget and not p.replace(max_minutes=10).cut_by_budget
+    assert not p.cut_by_budget and "4 epochs over all 1,000 positions" in p.describe()
+    assert "1 epoch over" in p.replace(epochs=1).describe()
 
 
 def test_settings_the_user_gave_are_kept_and_the_rest_fitted_around_them(

@@ -339,8 +339,8 @@ class TrainWidget(QWidget):
         self.plan = self.plan.replace(epochs=self.epochs.value(), train_subset=subset,
                                       max_minutes=minutes)
         text = f"estimate: {self.plan.describe()}"
-        if minutes is not None and self.plan.estimate_s >= minutes * 60 - 1:
-            text += " — the time budget ends the run"
+        if self.plan.cut_by_budget:
+            text += " — the time budget ends the run before the last epoch"
         self.estimate_label.setText(text)
 
     def train_config(self) -> Any:

@@ -87,18 +87,28 @@ class RunPlan:
         return dataclasses.replace(self, **changes)
 
     @property
+    def unbounded_s(self) -> float:
+        """Seconds the planned epochs take, whatever the budget."""
+        steps_s = self.epochs * self.n_train / max(self.patterns_per_second, 1e-9)
+        return self.setup_s + steps_s * (1.0 + _OVERHEAD)
+
+    @property
     def estimate_s(self) -> float:
         """Seconds from Start to the end of the last epoch (or of the budget)."""
-        steps_s = self.epochs * self.n_train / max(self.patterns_per_second, 1e-9)
-        total = self.setup_s + steps_s * (1.0 + _OVERHEAD)
         if self.max_minutes is not None:
-            total = min(total, self.max_minutes * 60.0)
-        return total
+            return min(self.unbounded_s, self.max_minutes * 60.0)
+        return self.unbounded_s
+
+    @property
+    def cut_by_budget(self) -> bool:
+        """Whether the budget ends the run before its last epoch (by more than 2 %)."""
+        return self.max_minutes is not None and self.unbounded_s > self.max_minutes * 60 * 1.02
 
     def describe(self) -> str:
         """One line a microscopist reads before pressing Start."""
         positions = ("all " if self.train_subset is None else "") + f"{self.n_used:,} positions"
-        return (f"about {_clock(self.estimate_s)}: {self.epochs} epochs over {positions}, "
+        epochs = f"{self.epochs} epoch{'s' if self.epochs != 1 else ''}"
+        return (f"about {_clock(self.estimate_s)}: {epochs} over {positions}, "
                 f"patterns {self.input_shape[0]}×{self.input_shape[1]} (detector bin "
                 f"{self.detector_bin}), {self.patterns_per_second:.0f} patterns/s timed on "
                 f"{self.device}")
