@@ -116,7 +116,7 @@ def main(argv=None) -> int:
     k = len(np.unique(labels_true))
     view = model.preprocessor.scan_view(state.dataset)
     patterns = model.preprocessor.transform_patterns(np.asarray(view.data.compute()).reshape(
-        -1, *view.detector_shape)).reshape(view.n_patterns, -1)
+        -1, *view.detector_shape))  # (N, H, W), what the network saw
     ari = adjusted_rand(labels_true, cluster_embeddings(emb, k))
     core = np.ones(labels_true.shape, dtype=bool)  # no other class within 2 positions
     for c in np.unique(labels_true):  # (as benchmarks/quality.py)
