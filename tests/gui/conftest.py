@@ -108,3 +108,23 @@ def checkpoint(tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("ckpt") / "untrained.safetensors"
     save_checkpoint(path, model, prep, input_shape=(32, 32))
     return str(path)
+
+
+@pytest.fixture
+def sample_with_model(make_napari_viewer, checkpoint):
+    """``sample_with_model()`` -> (viewer, state, inspector): the sample open, the Inspector
+    docked through the manifest, the ``checkpoint`` fixture's model loaded."""
+    def make() -> tuple[Any, Any, Any]:
+        from napari_4dstem_autoencoder.gui.keys import DATASET_KEY
+        from napari_4dstem_autoencoder.gui.state import get_state
+        from napari_4dstem_autoencoder.training.checkpoints import load_checkpoint
+
+        viewer = make_napari_viewer()
+        viewer.open_sample(PLUGIN, "stem4d_sample")
+        inspector = _open_dock(viewer, "Inspector")
+        state = get_state(viewer)
+        state.set_dataset(viewer.layers[0].metadata[DATASET_KEY], viewer.layers[0].name)
+        state.set_model(load_checkpoint(checkpoint))
+        return viewer, state, inspector
+
+    return make

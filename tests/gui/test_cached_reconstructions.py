@@ -9,23 +9,9 @@ import numpy as np
 import pytest
 
 from napari_4dstem_autoencoder.gui import backend
-from napari_4dstem_autoencoder.gui.keys import DATASET_KEY, PLUGIN
-from napari_4dstem_autoencoder.gui.state import get_state
 from napari_4dstem_autoencoder.inference.reconstructions import TOLERANCE
 
 GRID = 6  # the checkpoint's preprocessing crops the sample to GRID x GRID positions
-
-
-def _viewer(make_napari_viewer, open_dock, checkpoint):
-    from napari_4dstem_autoencoder.training.checkpoints import load_checkpoint
-
-    viewer = make_napari_viewer()
-    viewer.open_sample(PLUGIN, "stem4d_sample")
-    inspector = open_dock(viewer, "Inspector")
-    state = get_state(viewer)
-    state.set_dataset(viewer.layers[0].metadata[DATASET_KEY], viewer.layers[0].name)
-    state.set_model(load_checkpoint(checkpoint))
-    return viewer, state, inspector
 
 
 def _embed(qtbot, state, memory_budget=None, directory=None):
@@ -52,9 +38,9 @@ class Counting:
         return self.real(*args, **kwargs)
 
 
-def test_after_embedding_a_click_shows_the_stored_reconstruction(
+def test_after_embedding_a_click_shows_the_stored_reconstruction(sample_with_model, 
         make_napari_viewer, qtbot, open_dock, click, checkpoint, monkeypatch, notifications):
-    viewer, state, inspector = _viewer(make_napari_viewer, open_dock, checkpoint)
+    viewer, state, inspector = sample_with_model()
     store = _embed(qtbot, state)
     assert not store.on_disk and store.complete and store.scan_shape == (GRID, GRID)
     assert store.source == (state.model, state.dataset)
@@ -79,11 +65,11 @@ def test_after_embedding_a_click_shows_the_stored_reconstruction(
     assert refusing.calls == 0 and notifications.errors() == []
 
 
-def test_a_new_model_drops_the_stored_reconstructions(make_napari_viewer, qtbot, open_dock,
+def test_a_new_model_drops_the_stored_reconstructions(sample_with_model, make_napari_viewer, qtbot, open_dock,
                                                       checkpoint, monkeypatch):
     from napari_4dstem_autoencoder.training.checkpoints import load_checkpoint
 
-    _viewer_, state, inspector = _viewer(make_napari_viewer, open_dock, checkpoint)
+    _viewer_, state, inspector = sample_with_model()
     store = _embed(qtbot, state)
     counting = Counting(backend.reconstruct_one)
     monkeypatch.setattr(backend, "reconstruct_one", counting)
@@ -112,9 +98,9 @@ def test_a_new_model_drops_the_stored_reconstructions(make_napari_viewer, qtbot,
     assert state.reconstructions is None and other.closed
 
 
-def test_over_the_memory_budget_the_store_is_on_disk_and_removed_afterwards(
+def test_over_the_memory_budget_the_store_is_on_disk_and_removed_afterwards(sample_with_model, 
         make_napari_viewer, qtbot, open_dock, click, checkpoint, tmp_path, monkeypatch):
-    viewer, state, inspector = _viewer(make_napari_viewer, open_dock, checkpoint)
+    viewer, state, inspector = sample_with_model()
     store = _embed(qtbot, state, memory_budget=1024, directory=str(tmp_path))
     assert store.on_disk and store.complete and store.folder.parent == tmp_path
     assert store.path.stat().st_size >= GRID * GRID * 32 * 32 * 2
@@ -127,13 +113,13 @@ def test_over_the_memory_budget_the_store_is_on_disk_and_removed_afterwards(
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_late_decode_never_replaces_a_stored_reconstruction(make_napari_viewer, qtbot,
+def test_a_late_decode_never_replaces_a_stored_reconstruction(sample_with_model, make_napari_viewer, qtbot,
                                                               open_dock, checkpoint, monkeypatch):
     """A decode still running for the previous position lands after the stored one is shown:
     it is dropped."""
     import threading
 
-    _viewer_, state, inspector = _viewer(make_napari_viewer, open_dock, checkpoint)
+    _viewer_, state, inspector = sample_with_model()
     store = _embed(qtbot, state)
     state.set_reconstructions(None)  # as before embedding: clicks decode
     assert store.closed
@@ -159,14 +145,14 @@ def test_a_late_decode_never_replaces_a_stored_reconstruction(make_napari_viewer
     np.testing.assert_allclose(shown, kept.get(5, 4))
 
 
-def test_no_room_on_disk_means_no_store_and_clicks_decode(make_napari_viewer, qtbot, open_dock,
+def test_no_room_on_disk_means_no_store_and_clicks_decode(sample_with_model, make_napari_viewer, qtbot, open_dock,
                                                           checkpoint, tmp_path, monkeypatch):
     import shutil
     from collections import namedtuple
 
     from napari_4dstem_autoencoder.gui.jobs import embedding_job
 
-    _viewer_, state, inspector = _viewer(make_napari_viewer, open_dock, checkpoint)
+    _viewer_, state, inspector = sample_with_model()
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(2**30, 2**30, 10))
     job = embedding_job(state)

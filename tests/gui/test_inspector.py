@@ -9,7 +9,7 @@ import time
 import numpy as np
 
 from napari_4dstem_autoencoder.gui import backend
-from napari_4dstem_autoencoder.gui.keys import DATASET_KEY, PLUGIN
+from napari_4dstem_autoencoder.gui.keys import PLUGIN
 from napari_4dstem_autoencoder.gui.state import get_state
 
 GRID = 6
@@ -39,23 +39,11 @@ class SlowDecoder:
         return self.real(loaded, raw, device, inputs=inputs)
 
 
-def _viewer(make_napari_viewer, open_dock, checkpoint):
-    from napari_4dstem_autoencoder.training.checkpoints import load_checkpoint
-
-    viewer = make_napari_viewer()
-    viewer.open_sample(PLUGIN, "stem4d_sample")
-    inspector = open_dock(viewer, "Inspector")
-    state = get_state(viewer)
-    state.set_dataset(viewer.layers[0].metadata[DATASET_KEY], viewer.layers[0].name)
-    state.set_model(load_checkpoint(checkpoint))
-    return viewer, state, inspector
-
-
-def test_arrow_keys_faster_than_the_decoder_decode_only_the_first_and_the_last(
+def test_arrow_keys_faster_than_the_decoder_decode_only_the_first_and_the_last(sample_with_model, 
         make_napari_viewer, qtbot, open_dock, checkpoint, monkeypatch, notifications):
     from napari.utils.key_bindings import coerce_keybinding
 
-    viewer, state, inspector = _viewer(make_napari_viewer, open_dock, checkpoint)
+    viewer, state, inspector = sample_with_model()
     qtbot.waitUntil(lambda: not inspector._decoder.busy, timeout=30_000)  # the first decode
     slow = SlowDecoder(state.dataset, seconds=1.0)
     monkeypatch.setattr(backend, "reconstruct_one", slow)
@@ -78,9 +66,9 @@ def test_arrow_keys_faster_than_the_decoder_decode_only_the_first_and_the_last(
     assert notifications.errors() == []
 
 
-def test_rapid_clicks_show_the_last_position_only(make_napari_viewer, qtbot, open_dock,
+def test_rapid_clicks_show_the_last_position_only(sample_with_model, make_napari_viewer, qtbot, open_dock,
                                                   checkpoint, monkeypatch):
-    _viewer_, state, inspector = _viewer(make_napari_viewer, open_dock, checkpoint)
+    _viewer_, state, inspector = sample_with_model()
     qtbot.waitUntil(lambda: not inspector._decoder.busy, timeout=30_000)
     slow = SlowDecoder(state.dataset, seconds=0.3)
     monkeypatch.setattr(backend, "reconstruct_one", slow)

@@ -99,9 +99,13 @@ class FileArray:
         except (DatasetError, MemoryError, KeyboardInterrupt):
             raise
         except Exception as exc:
-            raise DatasetError(self.path, (
-                f"reading {self.source.label} at scan {self._where(key)} failed: "
-                f"{type(exc).__name__}: {exc} (the file is corrupt or truncated there)")) from exc
+            raise self._read_error(key, exc) from exc
+
+    def _read_error(self, key: Any, exc: Exception) -> DatasetError:
+        """A read that failed, named by file, array and scan positions."""
+        return DatasetError(self.path, (
+            f"reading {self.source.label} at scan {self._where(key)} failed: "
+            f"{type(exc).__name__}: {exc} (the file is corrupt or truncated there)"))
 
     def _where(self, key: Any) -> str:
         key = key if isinstance(key, tuple) else (key,)
@@ -209,9 +213,7 @@ class FileArray:
         except (DatasetError, MemoryError, KeyboardInterrupt):
             raise
         except Exception as exc:
-            raise DatasetError(self.path, (
-                f"reading {self.source.label} at scan {self._where((sy, sx))} failed: "
-                f"{type(exc).__name__}: {exc} (the file is corrupt or truncated there)")) from exc
+            raise self._read_error((sy, sx), exc) from exc
 
     def _read_into(self, out: np.ndarray, sy: slice, sx: slice) -> None:
         ry, rx = self.shape[:2]
