@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_4dstem_autoencoder.model.autoencoder import Autoencoder
-from napari_4dstem_autoencoder.objective import Objective
+from napari_4dstem_autoencoder.objective import Objective, ObjectiveConfig
 from napari_4dstem_autoencoder.training.checkpoints import load_checkpoint
 from napari_4dstem_autoencoder.training.data import (CachedPatterns, StreamedPatterns,
                                                      fit_preprocessor_on, preview_grid,
@@ -471,3 +470,13 @@ def test_a_run_that_ends_gives_the_model_back_to_the_cpu(tiny_dataset, tiny_conf
     done = list(train(tiny_dataset(), tiny_config()))[-1]
     assert released == [("cpu", False)]
     assert done.trained.model is done.model
+
+
+def test_a_run_with_the_count_terms_trains_on_thinned_halves(tiny_dataset, tiny_config):
+    config = tiny_config(objective=ObjectiveConfig(reconstruction="poisson", halves_weight=1.0),
+                         epochs=1, batch_size=4, preview_max_positions=0, val_fraction=0.0)
+    events = list(train(tiny_dataset(scan_shape=(3, 4)), config))
+    assert isinstance(events[-1], Finished)
+    batches = of(events, BatchEnd)
+    assert batches and all(b.losses["poisson"] > 0 and 0 <= b.losses["halves"] < 2
+                           for b in batches)

@@ -14,11 +14,14 @@ from .._fields import checked_fields
 
 DivergenceForm = Literal["inverse_variance", "std_hinge_decorrelate"]
 DIVERGENCE_FORMS = ("inverse_variance", "std_hinge_decorrelate")
+Reconstruction = Literal["mse", "poisson"]
+RECONSTRUCTIONS = ("mse", "poisson")
 
 
 @dataclass(frozen=True)
 class ObjectiveConfig:
-    """``L = MSE + λ_act·mean|z| + λ_sim·L_sim + λ_div·L_div + graph_weight·L_graph``.
+    """``L = R + λ_act·mean|z| + λ_sim·L_sim + λ_div·L_div + graph_weight·L_graph``, R the
+    reconstruction term.
 
     The defaults are the seed document's (``objective.terms`` has each term's formula):
 
@@ -29,6 +32,18 @@ class ObjectiveConfig:
         ``"inverse_variance"`` is the seed's ``mean(1 / (var + eps))``;
         ``"std_hinge_decorrelate"`` is VICReg's variance and covariance terms, bounded in value
         and gradient, so it cannot swamp the MSE.
+    reconstruction:
+        ``"mse"`` (seed): mean squared error of the preprocessed patterns. ``"poisson"``: the
+        Poisson deviance of the detected electrons under the reconstruction's rate
+        (``terms.poisson_deviance``), the likelihood of a counting detector; it falls back to
+        the MSE, with a warning, when the data do not invert to integer counts.
+    halves_weight:
+        weight of the thinned-halves term (0: off). Each training batch's first half of
+        patterns is split, electron by electron, into two binomially thinned halves (the same
+        specimen, independent shot noise); the network sees both (each at twice its counts),
+        each half's reconstruction is scored against the *other* half, and the term asks the
+        two embeddings to agree (``terms.embedding_agreement``), so the embedding keeps what
+        the specimen does and drops what the noise does. Needs count data (off otherwise).
     graph_weight / graph_*:
         weight of the graph teacher (0: off). It is fitted on the reference patterns: diffusion
         map of their ``graph_neighbours``-nearest-neighbour graph at diffusion time
@@ -41,6 +56,8 @@ class ObjectiveConfig:
     lambda_div: float = 2e-4
     divergence_form: DivergenceForm = "inverse_variance"
     divergence_eps: float = 1e-8
+    reconstruction: Reconstruction = "mse"
+    halves_weight: float = 0.0
     graph_weight: float = 0.0
     graph_neighbours: int = 15
     graph_diffusion_time: float = 64.0
@@ -50,10 +67,13 @@ class ObjectiveConfig:
         checks = [
             (self.divergence_form in DIVERGENCE_FORMS,
              f"unknown divergence_form {self.divergence_form!r}; use one of {DIVERGENCE_FORMS}"),
+            (self.reconstruction in RECONSTRUCTIONS,
+             f"unknown reconstruction {self.reconstruction!r}; use one of {RECONSTRUCTIONS}"),
             (self.divergence_eps > 0, "divergence_eps must be positive"),
             (min(self.lambda_act, self.lambda_sim, self.lambda_div) >= 0,
              "loss weights (lambda_act, lambda_sim, lambda_div) must be non-negative"),
             (self.graph_weight >= 0, "graph_weight must be non-negative"),
+            (self.halves_weight >= 0, "halves_weight must be non-negative"),
             (int(self.graph_neighbours) >= 1, "graph_neighbours must be at least 1"),
             (self.graph_diffusion_time >= 0, "graph_diffusion_time must be non-negative"),
             (int(self.graph_components) >= 1, "graph_components must be at least 1"),

@@ -3,6 +3,7 @@
 ::
 
     objective = Objective(ObjectiveConfig(...))
+    objective.bind(preprocessor)           # how the input maps back to electrons
     objective.fit(reference_patterns)      # data-fitted terms (the graph teacher)
     losses = objective(x, x_hat, z)        # {"total": ..., "mse": ..., ...}
     objective.names                        # the keys, "total" first: what the loss plot draws
@@ -15,22 +16,45 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 
 import torch
 
 from .config import ObjectiveConfig
+from .counts import CountScale, are_counts
 from .graph_teacher import MIN_PATTERNS as MIN_GRAPH_PATTERNS
 from .graph_teacher import DiffusionTeacher
-from .terms import activity_l1, contrastive, divergence, reconstruction_mse
+from .terms import (
+    activity_l1,
+    contrastive,
+    divergence,
+    embedding_agreement,
+    poisson_deviance,
+    reconstruction_mse,
+)
 
 log = logging.getLogger(__name__)
+
+@dataclass
+class ThinnedHalves:
+    """One batch's thinned halves (:meth:`Objective.training_input`): the ``whole`` patterns
+    (n, 1, H, W) as preprocessed, the electrons of each half per binned pixel, and the
+    network's ``inputs`` (2n, 1, H, W), first halves then second halves."""
+
+    whole: torch.Tensor
+    first: torch.Tensor
+    second: torch.Tensor
+    inputs: torch.Tensor
+
 
 #: the terms every objective reports, in plot order (``graph`` follows when it is on)
 BASE_TERMS = ("total", "mse", "l1", "contrastive", "divergence")
 
 
 class Objective:
-    """``L = MSE + λ_act·L1 + λ_sim·L_sim + λ_div·L_div (+ graph_weight·L_graph)``."""
+    """``L = R + λ_act·L1 + λ_sim·L_sim + λ_div·L_div (+ graph_weight·L_graph)``; R is the
+    MSE, or the Poisson deviance (``poisson``) when the config asks for it and the data are
+    counts. The MSE is reported either way (the loss plot and the CLI's progress show it)."""
 
     def __init__(self, config: ObjectiveConfig | None = None, latent_dim: int = 32) -> None:
         self.config = config or ObjectiveConfig()
@@ -40,6 +64,10 @@ class Objective:
         self.teacher: DiffusionTeacher | None = None
         #: whether :meth:`fit` ran (or a fitted state was loaded); a skipped teacher counts
         self.fitted = not self.needs_fit
+        #: the inverse of the input's intensity scaling (:meth:`bind`); count terms need it
+        self.counts: CountScale | None = None
+        #: whether the data invert to integer counts (decided on the first patterns seen)
+        self.count_data: bool | None = None
 
     @property
     def uses_graph(self) -> bool:
@@ -51,9 +79,37 @@ class Objective:
         return self.uses_graph
 
     @property
+    def uses_poisson(self) -> bool:
+        return self.config.reconstruction == "poisson"
+
+    @property
+    def uses_halves(self) -> bool:
+        return self.config.halves_weight > 0
+
+    @property
     def names(self) -> tuple[str, ...]:
         """The keys :meth:`__call__` returns, ``total`` first."""
-        return BASE_TERMS + (("graph",) if self.uses_graph else ())
+        return (BASE_TERMS + (("poisson",) if self.uses_poisson else ())
+                + (("halves",) if self.uses_halves else ())
+                + (("graph",) if self.uses_graph else ()))
+
+    def bind(self, preprocessor) -> "Objective":
+        """Tell the count-based terms how the network's input maps back to electrons (the
+        fitted ``data.preprocess.Preprocessor`` of the run)."""
+        self.counts = CountScale.from_preprocessor(preprocessor)
+        return self
+
+    def _check_counts(self, x: torch.Tensor) -> bool:
+        if self.count_data is None:
+            if self.counts is None:
+                raise RuntimeError("count-based terms need the preprocessing: call "
+                                   "Objective.bind(preprocessor) first")
+            self.count_data = are_counts(self.counts.to_counts(x))
+            if not self.count_data:
+                log.warning("the data are not electron counts (they do not invert to integers):"
+                            " the count-based terms are off (the reconstruction term is the MSE;"
+                            " no thinned halves)")
+        return self.count_data
 
     def fit(self, patterns: torch.Tensor) -> None:
         """Fit the data-derived terms on (N, H, W) preprocessed reference patterns.
@@ -63,6 +119,8 @@ class Objective:
         """
         self.fitted = True
         self.teacher = None
+        if (self.uses_poisson or self.uses_halves) and self.counts is not None:
+            self._check_counts(patterns)
         if not self.uses_graph:
             return
         cfg = self.config
@@ -87,23 +145,66 @@ class Objective:
             self.teacher.to(torch.device(device))
         return self
 
-    def __call__(self, x: torch.Tensor, x_hat: torch.Tensor, z: torch.Tensor
-                 ) -> dict[str, torch.Tensor]:
-        """Unweighted terms of one batch and their weighted ``total``."""
+    def training_input(self, x: torch.Tensor) -> tuple[torch.Tensor, "ThinnedHalves | None"]:
+        """What the network is fed for the batch ``x`` (B, 1, H, W): ``x`` itself, or with the
+        thinned-halves term on (and count data), the two halves of the first ``B // 2``
+        patterns, each at twice its counts (so intensities look like a whole pattern's), first
+        halves then second halves. Pass the second value on to :meth:`__call__`."""
+        if self.config.halves_weight <= 0 or x.shape[0] < 4 or not self._check_counts(x):
+            return x, None
+        n = x.shape[0] // 2
+        counts = self.counts.to_counts(x[:n]).round()
+        first = torch.binomial(counts, torch.full_like(counts, 0.5))
+        second = counts - first
+        inputs = torch.cat([self.counts.from_counts(2.0 * first),
+                            self.counts.from_counts(2.0 * second)]).to(x.dtype)
+        return inputs, ThinnedHalves(x[:n], first, second, inputs)
+
+    def __call__(self, x: torch.Tensor, x_hat: torch.Tensor, z: torch.Tensor,
+                 halves: "ThinnedHalves | None" = None) -> dict[str, torch.Tensor]:
+        """Unweighted terms of one batch and their weighted ``total``. ``x_hat`` and ``z`` are
+        the network's outputs for :meth:`training_input`'s first value; ``halves`` its second."""
         cfg = self.config
+        whole = x if halves is None else halves.whole.repeat(2, 1, 1, 1)
+        if halves is None:
+            target, target_counts, rate_scale = x, None, 1.0
+        else:  # each half's reconstruction predicts the other half (independent noise)
+            n = halves.whole.shape[0]
+            target = torch.cat([halves.inputs[n:], halves.inputs[:n]])
+            target_counts = torch.cat([halves.second, halves.first])
+            rate_scale = 0.5  # a half holds half the electrons of the rate the decoder predicts
         losses = {
-            "mse": reconstruction_mse(x, x_hat),
+            "mse": reconstruction_mse(whole, x_hat),
             "l1": activity_l1(z),
             "contrastive": contrastive(z, cfg.contrastive_margin),
             "divergence": divergence(z, cfg.divergence_form, cfg.divergence_eps),
         }
-        total = (losses["mse"] + cfg.lambda_act * losses["l1"]
+        reconstruction = losses["mse"] if halves is None else reconstruction_mse(target, x_hat)
+        if self.uses_poisson:
+            if self._check_counts(x):
+                scale = self.counts
+                observed = scale.to_counts(target) if target_counts is None else target_counts
+                # per electron, over the input's squared intensity range: at high counts
+                # (deviance ≈ (k-λ)²/λ) of the order of the MSE of log intensities it replaces
+                losses["poisson"] = poisson_deviance(
+                    observed, rate_scale * scale.to_counts(x_hat)) / scale.intensity_range ** 2
+                reconstruction = losses["poisson"]
+            else:
+                losses["poisson"] = losses["mse"].new_zeros(())
+        total = (reconstruction + cfg.lambda_act * losses["l1"]
                  + cfg.lambda_sim * losses["contrastive"] + cfg.lambda_div * losses["divergence"])
+        if self.uses_halves:
+            if halves is None:
+                losses["halves"] = losses["mse"].new_zeros(())
+            else:
+                n = halves.whole.shape[0]
+                losses["halves"] = embedding_agreement(z[:n], z[n:])
+                total = total + cfg.halves_weight * losses["halves"]
         if self.uses_graph:
             if self.teacher is None:  # skipped: nothing to teach
                 losses["graph"] = losses["mse"].new_zeros(())
-            else:
-                losses["graph"] = self.teacher.loss(x, z)
+            else:  # targets from whole patterns: the teacher sees the less noisy version
+                losses["graph"] = self.teacher.loss(whole, z)
                 total = total + cfg.graph_weight * losses["graph"]
         return {"total": total, **losses}
 

@@ -15,6 +15,35 @@ def reconstruction_mse(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(x_hat.float(), x.float())
 
 
+def poisson_deviance(counts: torch.Tensor, rate: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Poisson deviance of observed ``counts`` under the predicted ``rate`` (same shape, in
+    electrons), per detected electron of the batch.
+
+    ``2 Σ [k log(k/λ) - (k - λ)] / Σ k``: the negative log-likelihood of a counting detector
+    less its value at the best possible rate, so it is 0 when ``rate == counts`` and its
+    expectation over Poisson draws is smallest at the true rate. Unlike an MSE of log
+    intensities it does not treat one stray electron in a dark pixel as a large error.
+    """
+    k = counts.float()
+    lam = rate.float().clamp_min(eps)
+    deviance = 2.0 * (torch.special.xlogy(k, k) - torch.special.xlogy(k, lam) - (k - lam))
+    return deviance.sum() / k.sum().clamp_min(1.0)
+
+
+def embedding_agreement(z1: torch.Tensor, z2: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """How far paired embeddings (B, D) are apart, against how far random pairs are.
+
+    ``mean ||z1 - z2||² / (2 Σ var)``, the variance over both halves of the batch: 0 when each
+    pair embeds identically, about 1 when the pairing carries no information, and blind to
+    the embedding's scale (the divergence term keeps that from collapsing).
+    """
+    a, b = z1.float(), z2.float()
+    if a.shape[0] < 1:
+        return a.new_zeros(())
+    spread = torch.cat([a, b]).var(dim=0, unbiased=False).sum()
+    return (a - b).pow(2).sum(dim=1).mean() / (2.0 * spread + eps)
+
+
 def activity_l1(z: torch.Tensor) -> torch.Tensor:
     """``mean|z|``: the seed's L1 term, which pushes embeddings towards sparsity."""
     return z.float().abs().mean()

@@ -138,9 +138,10 @@ def _evaluate(model: Autoencoder, objective: Objective, loader: DataLoader, devi
     sums = torch.zeros(len(names) + 1, dtype=torch.float64)
     for x in loader:
         x = precision.prepare_input(x.to(device, non_blocking=True))
+        x_in, halves = objective.training_input(x)  # the same objective as in training
         with precision.autocast():
-            x_hat, z = model.encode_decode(x)
-        losses = objective(x, x_hat, z)
+            x_hat, z = model.encode_decode(precision.prepare_input(x_in))
+        losses = objective(x, x_hat, z, halves)
         n = x.shape[0]
         sums[:-1] += torch.stack([losses[k].detach().double().cpu() for k in names]) * n
         sums[-1] += n
@@ -218,6 +219,7 @@ def train(
         objective = resumed.objective  # fitted with the model (refitted below if it is not)
     else:
         objective = Objective(config.objective_config(), model_config.latent_dim)
+    objective.bind(preprocessor)
     fit_prior = resumed is None and model_config.output_prior != "none"
     if fit_prior or not objective.fitted:
         if reference_raw is None and not cached:  # resuming an unfitted objective, streamed
@@ -368,9 +370,10 @@ def train(
             t_batch = time.perf_counter()
             for step, x in enumerate(loader):
                 x = precision.prepare_input(x.to(device, non_blocking=True))
+                x_in, halves = objective.training_input(x)
                 with precision.autocast():
-                    x_hat, z = step_module(x)
-                losses = objective(x, x_hat, z)
+                    x_hat, z = step_module(precision.prepare_input(x_in))
+                losses = objective(x, x_hat, z, halves)
                 values = torch.stack([losses[k].detach().double() for k in loss_names]).cpu()
                 timed_out = deadline is not None and time.monotonic() > deadline
                 stop_now, out_of_time, non_finite = ddp.agree(

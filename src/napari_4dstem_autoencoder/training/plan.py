@@ -161,7 +161,7 @@ def time_training_steps(view: Dataset4D, config: TrainConfig, steps: int = 2,
     patterns = torch.from_numpy(preprocessor.transform_patterns(raw))
     model_config = config.model_config()
     model = Autoencoder(model_config.latent_dim, tuple(patterns.shape[-2:]), model_config)
-    objective = Objective(config.objective_config(), model_config.latent_dim)
+    objective = Objective(config.objective_config(), model_config.latent_dim).bind(preprocessor)
     quiet = logging.getLogger(Objective.__module__)
     level = quiet.level
     quiet.setLevel(logging.ERROR)  # a teacher skipped on a handful of patterns is no news
@@ -181,9 +181,10 @@ def time_training_steps(view: Dataset4D, config: TrainConfig, steps: int = 2,
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         t = time.perf_counter()
+        x_in, halves = objective.training_input(x)
         with precision.autocast():
-            x_hat, z = model.encode_decode(x)
-        losses = objective(x, x_hat, z)
+            x_hat, z = model.encode_decode(precision.prepare_input(x_in))
+        losses = objective(x, x_hat, z, halves)
         optimizer.zero_grad(set_to_none=True)
         losses["total"].backward()
         optimizer.step()
