@@ -119,7 +119,7 @@ def main(argv=None) -> int:
         -1, *view.detector_shape))  # (N, H, W), what the network saw
     ari = adjusted_rand(labels_true, cluster_embeddings(emb, k))
     core = np.ones(labels_true.shape, dtype=bool)  # no other class within 2 positions
-    for c in np.unique(labels_true):  # (as benchmarks/quality.py)
+    for c in np.unique(labels_true):  # (as benchmarks/quality/run.py)
         near = ndimage.binary_dilation(labels_true == c, structure=np.ones((5, 5), bool))
         core &= ~(near & (labels_true != c))
     ari_core = adjusted_rand(labels_true, cluster_embeddings(emb, k), core)
