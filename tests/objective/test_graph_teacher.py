@@ -131,3 +131,50 @@ def test_teacher_refuses_what_it_cannot_fit():
     z = torch.rand(1, 32, requires_grad=True)
     loss = one.loss(torch.rand(1, 1, 32, 32), z)
     assert float(loss) == 0.0 and loss.requires_grad
+
+
+def test_signal_basis_keeps_the_directions_above_the_noise():
+    from napari_4dstem_autoencoder.objective.graph_teacher import signal_basis
+
+    rng = np.random.default_rng(0)
+    signal = rng.normal(size=(400, 3)) @ rng.normal(size=(3, 64)) * 2.0
+    noise = rng.normal(size=(400, 64))
+    centre, basis = signal_basis(signal + noise, rng.normal(size=(400, 64)))
+    assert basis.shape == (64, 3) and centre.shape == (64,)
+    np.testing.assert_allclose(basis.T @ basis, np.eye(3), atol=1e-8)
+    # ten directions of falling strength: the lower the noise, the more of them stand above it
+    fading = rng.normal(size=(400, 10)) * np.logspace(1, -2, 10) @ rng.normal(size=(10, 64))
+    kept = [signal_basis(fading + s * noise, s * rng.normal(size=(400, 64)))[1].shape[1]
+            for s in (1.0, 0.1, 0.01)]
+    assert kept == sorted(kept) and kept[0] < kept[2] <= 10, kept
+
+
+def test_denoised_graph_features_cluster_a_low_dose_scan_better_than_pixels():
+    """The package's sample (5 classes) at 300 electrons a pattern: the pixel graph's
+    neighbours are set by shot noise, the graph of the projections above the noise is not
+    (measured: k-means on the teacher's coordinates 0.66 on pixels, 0.78 denoised)."""
+    from napari_4dstem_autoencoder.data.preprocess import PreprocessConfig, Preprocessor
+    from napari_4dstem_autoencoder.data.sample import make_sample_dataset
+    from napari_4dstem_autoencoder.objective import Objective, ObjectiveConfig
+
+    ds = make_sample_dataset(scan_shape=(32, 32), detector_shape=(64, 64), dose=300, seed=0)
+    prep = Preprocessor.fit(ds, PreprocessConfig(detector_bin=2))
+    raw = np.asarray(ds.data).reshape(-1, 64, 64)
+    x = torch.from_numpy(prep.transform_patterns(raw))
+    labels = np.asarray(ds.labels).ravel()
+    found = {}
+    for features in ("pixels", "denoised"):
+        objective = Objective(ObjectiveConfig(graph_weight=1.0,
+                                              graph_features=features)).bind(prep)
+        objective.fit(x)
+        coords = objective.teacher.coords.numpy()
+        found[features] = adjusted_rand(
+            labels, KMeans(5, n_init=10, random_state=0).fit_predict(coords))
+        state = objective.state_dict()
+        assert ("graph.basis" in state) == (features == "denoised")
+        restored = Objective(objective.config).bind(prep)
+        restored.load_state_dict(state)  # a resumed run is taught the same targets
+        torch.testing.assert_close(restored.teacher.targets(x[:8, None]),
+                                   objective.teacher.targets(x[:8, None]))
+    assert objective.teacher.basis.shape[1] < 32  # a few directions above the noise
+    assert found["denoised"] > found["pixels"] + 0.05, found

@@ -16,6 +16,8 @@ DivergenceForm = Literal["inverse_variance", "std_hinge_decorrelate"]
 DIVERGENCE_FORMS = ("inverse_variance", "std_hinge_decorrelate")
 Reconstruction = Literal["mse", "poisson"]
 RECONSTRUCTIONS = ("mse", "poisson")
+GraphFeatures = Literal["pixels", "denoised"]
+GRAPH_FEATURES = ("pixels", "denoised")
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,10 @@ class ObjectiveConfig:
         weight of the graph teacher (0: off). It is fitted on the reference patterns: diffusion
         map of their ``graph_neighbours``-nearest-neighbour graph at diffusion time
         ``graph_diffusion_time``, ``graph_components`` coordinates (``objective.graph_teacher``).
+        ``graph_features``: the graph joins patterns near in ``"pixels"`` (seed) or in
+        ``"denoised"`` features, their projections onto the principal directions whose
+        variance stands above the data's own shot noise (measured from thinned halves), so
+        at low dose the neighbours are not set by the noise; pixels on non-count data.
     """
 
     lambda_act: float = 1e-4
@@ -62,6 +68,7 @@ class ObjectiveConfig:
     graph_neighbours: int = 15
     graph_diffusion_time: float = 64.0
     graph_components: int = 16
+    graph_features: GraphFeatures = "pixels"
 
     def __post_init__(self) -> None:
         checks = [
@@ -74,6 +81,8 @@ class ObjectiveConfig:
              "loss weights (lambda_act, lambda_sim, lambda_div) must be non-negative"),
             (self.graph_weight >= 0, "graph_weight must be non-negative"),
             (self.halves_weight >= 0, "halves_weight must be non-negative"),
+            (self.graph_features in GRAPH_FEATURES,
+             f"unknown graph_features {self.graph_features!r}; use one of {GRAPH_FEATURES}"),
             (int(self.graph_neighbours) >= 1, "graph_neighbours must be at least 1"),
             (self.graph_diffusion_time >= 0, "graph_diffusion_time must be non-negative"),
             (int(self.graph_components) >= 1, "graph_components must be at least 1"),

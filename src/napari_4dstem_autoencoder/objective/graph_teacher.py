@@ -83,34 +83,75 @@ def procrustes_mismatch(z: torch.Tensor, target: torch.Tensor,
     return 2.0 - 2.0 * torch.linalg.svdvals(zc.T @ tc).sum()
 
 
-class DiffusionTeacher:
-    """Diffusion-map targets for the embedding: ``reference`` (N, D) flattened patterns and
-    their ``coords`` (N, M). Build one with :meth:`fit`; both tensors are its whole state."""
+def signal_basis(flat: np.ndarray, noise: np.ndarray, min_components: int = 2
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """The principal directions of (N, D) patterns that stand above their shot noise.
 
-    def __init__(self, reference: torch.Tensor, coords: torch.Tensor, latent_dim: int = 32) -> None:
+    ``noise`` (N, D) is an estimate of each pattern's noise (half the difference of its two
+    binomially thinned halves, ``Objective.fit``): directions whose variance in the data
+    exceeds the largest variance of the noise carry specimen, the rest mostly noise (a parallel
+    analysis with the data's own noise). Returns ``(centre (D,), basis (D, m))``; at high dose
+    many directions pass, at low dose few, so the neighbour graph built on the projections is
+    not decided by shot noise.
+    """
+    centre = flat.mean(axis=0)
+    _, sv, vt = np.linalg.svd(flat - centre, full_matrices=False)
+    noise_top = np.linalg.svd(noise - noise.mean(axis=0), compute_uv=False)[0]
+    m = int(np.clip((sv > noise_top).sum(), min(min_components, len(sv)), len(sv)))
+    return centre, vt[:m].T.copy()
+
+
+class DiffusionTeacher:
+    """Diffusion-map targets for the embedding: ``reference`` (N, F) reference features and
+    their ``coords`` (N, M); the features are the flattened patterns, or their projections
+    ``(x - centre) @ basis`` when a ``basis`` (D, F) is given. Build one with :meth:`fit`;
+    these tensors are its whole state."""
+
+    def __init__(self, reference: torch.Tensor, coords: torch.Tensor, latent_dim: int = 32,
+                 centre: torch.Tensor | None = None, basis: torch.Tensor | None = None) -> None:
         m = coords.shape[1]
         if not 1 <= m <= latent_dim:
             raise ValueError(f"n_components must be between 1 and the latent size {latent_dim}")
         if reference.ndim != 2 or coords.ndim != 2 or reference.shape[0] != coords.shape[0]:
             raise ValueError(f"reference {tuple(reference.shape)} and coordinates "
                              f"{tuple(coords.shape)} do not describe the same patterns")
+        if (basis is None) != (centre is None) or (
+                basis is not None and (basis.ndim != 2 or basis.shape[1] != reference.shape[1]
+                                       or centre.shape != (basis.shape[0],))):
+            raise ValueError("a feature basis needs its centre, and both must match the "
+                             "reference features")
         self.reference = reference.float()
         self.coords = coords.float()
+        self.centre = None if centre is None else centre.float()
+        self.basis = None if basis is None else basis.float()
         gen = torch.Generator().manual_seed(PROJECTION_SEED)
         self.projection = torch.linalg.qr(torch.randn(latent_dim, m, generator=gen))[0]
 
     @classmethod
     def fit(cls, reference: torch.Tensor, n_neighbours: int = 15, diffusion_time: float = 64.0,
-            n_components: int = 16, latent_dim: int = 32) -> "DiffusionTeacher":
-        """Fit the diffusion coordinates of (N, H, W) reference patterns."""
+            n_components: int = 16, latent_dim: int = 32,
+            noise: torch.Tensor | None = None) -> "DiffusionTeacher":
+        """Fit the diffusion coordinates of (N, H, W) reference patterns; with ``noise`` (an
+        estimate of their shot noise, same shape) on their projections onto the directions
+        above the noise (:func:`signal_basis`) instead of their pixels."""
         if not 1 <= n_components <= latent_dim:
             raise ValueError(f"n_components must be between 1 and the latent size {latent_dim}")
-        flat = torch.as_tensor(reference).reshape(reference.shape[0], -1).float().cpu()
-        coords = diffusion_coordinates(flat.numpy(), n_neighbours, diffusion_time, n_components)
-        return cls(flat, torch.from_numpy(coords), latent_dim)
+        flat = torch.as_tensor(reference).reshape(reference.shape[0], -1).float().cpu().numpy()
+        centre = basis = None
+        if noise is not None:
+            noise_flat = torch.as_tensor(noise).reshape(flat.shape).float().cpu().numpy()
+            centre, basis = signal_basis(flat, noise_flat)
+            flat = (flat - centre) @ basis
+        coords = diffusion_coordinates(flat, n_neighbours, diffusion_time, n_components)
+        as_tensor = (lambda a: None if a is None else torch.from_numpy(np.ascontiguousarray(a)))
+        return cls(torch.from_numpy(np.ascontiguousarray(flat)), torch.from_numpy(coords),
+                   latent_dim, as_tensor(centre), as_tensor(basis))
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"reference": self.reference, "coords": self.coords}
+        state = {"reference": self.reference, "coords": self.coords}
+        if self.basis is not None:
+            state.update(centre=self.centre, basis=self.basis)
+        return state
 
     @property
     def has_structure(self) -> bool:
@@ -121,6 +162,8 @@ class DiffusionTeacher:
     def to(self, device: torch.device) -> "DiffusionTeacher":
         self.reference = self.reference.to(device)
         self.coords = self.coords.to(device)
+        if self.basis is not None:
+            self.centre, self.basis = self.centre.to(device), self.basis.to(device)
         self.projection = self.projection.to(device)
         return self
 
@@ -129,6 +172,8 @@ class DiffusionTeacher:
         """(B, 1, H, W) patterns -> (B, M): the mean coordinates of each one's nearest
         reference patterns (a reference pattern is its own nearest)."""
         flat = x.reshape(x.shape[0], -1).float()
+        if self.basis is not None:
+            flat = (flat - self.centre) @ self.basis
         k = min(LOOKUP_NEIGHBOURS, self.reference.shape[0])
         nearest = torch.cdist(flat, self.reference).topk(k, largest=False).indices
         return self.coords[nearest].mean(dim=1)

@@ -130,7 +130,8 @@ class Objective:
             return
         t0 = time.perf_counter()
         teacher = DiffusionTeacher.fit(patterns, cfg.graph_neighbours, cfg.graph_diffusion_time,
-                                       cfg.graph_components, self.latent_dim)
+                                       cfg.graph_components, self.latent_dim,
+                                       noise=self._shot_noise(patterns))
         if not teacher.has_structure:
             log.warning("graph teacher skipped: the %d-neighbour graph of %d training patterns "
                         "has no slow modes (every pattern is every other's neighbour)",
@@ -139,6 +140,21 @@ class Objective:
         self.teacher = teacher
         log.info("graph teacher: diffusion map of %d reference patterns in %.1f s",
                  patterns.shape[0], time.perf_counter() - t0)
+
+    def _shot_noise(self, patterns: torch.Tensor) -> torch.Tensor | None:
+        """For ``graph_features="denoised"`` on count data: an estimate of each reference
+        pattern's shot noise, half the difference of its two binomially thinned halves (in
+        the input's scaling, each half at twice its counts). None otherwise."""
+        if self.config.graph_features != "denoised":
+            return None
+        if self.counts is None or not self._check_counts(patterns):
+            log.warning("graph teacher on pixels: denoised features need electron counts")
+            return None
+        counts = self.counts.to_counts(patterns.float()).round()
+        gen = torch.Generator().manual_seed(0)  # the same split in every run and on refit
+        first = torch.binomial(counts, torch.full_like(counts, 0.5), generator=gen)
+        return 0.5 * (self.counts.from_counts(2.0 * first)
+                      - self.counts.from_counts(2.0 * (counts - first)))
 
     def to(self, device: torch.device | str) -> "Objective":
         if self.teacher is not None:
@@ -218,7 +234,7 @@ class Objective:
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Restore what :meth:`state_dict` returned; marks the objective fitted."""
-        unknown = set(state) - {"graph.reference", "graph.coords"}
+        unknown = set(state) - {"graph.reference", "graph.coords", "graph.centre", "graph.basis"}
         if unknown:
             raise ValueError(f"unknown objective state entries: {sorted(unknown)}")
         self.teacher = None
@@ -226,7 +242,8 @@ class Objective:
             if not self.uses_graph:
                 raise ValueError("the state holds a graph teacher, the config has none")
             self.teacher = DiffusionTeacher(state["graph.reference"], state["graph.coords"],
-                                            self.latent_dim)
+                                            self.latent_dim, state.get("graph.centre"),
+                                            state.get("graph.basis"))
             if self.teacher.coords.shape[1] != self.config.graph_components:
                 raise ValueError(
                     f"the saved teacher has {self.teacher.coords.shape[1]} components, the "
