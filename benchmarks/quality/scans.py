@@ -307,6 +307,27 @@ def _wavy_bands(shape: tuple[int, int], n_bands: int, rng: np.random.Generator) 
     return labels
 
 
+def _drawn(expected: np.ndarray, dose: float, seed: int, stream: str, scan: tuple[int, int],
+           detector: tuple[int, int], labels: np.ndarray, thickness: np.ndarray
+           ) -> dict[str, np.ndarray]:
+    """A generated structure's arrays: the (n, qy, qx) beam fractions ``expected`` scaled to
+    ``dose`` (in place) and Poisson-drawn from the ``stream``'s generator, both as 4-D scans."""
+    expected *= np.float32(dose)
+    counts = _poisson(expected, _rng(seed, stream, f"{dose:g}"))
+    shape4 = (*scan, *detector)
+    return {"counts": counts.reshape(shape4), "expected": expected.reshape(shape4),
+            "labels": labels, "thickness": thickness.astype(np.float32)}
+
+
+def _generated_scan(name: str, arr: dict[str, np.ndarray], dose: float, seed: int,
+                    class_names: tuple[str, ...]) -> Scan:
+    """The :class:`Scan` of a generated structure's arrays (core: chessboard distance)."""
+    labels = arr["labels"]
+    ds = _dataset(name, arr["counts"], labels, dose=dose, seed=seed)
+    return Scan(name, ds, labels, chessboard_core(labels), len(class_names), dose,
+                arr["expected"].sum(axis=(2, 3)), class_names, {"thickness": arr["thickness"]})
+
+
 # -- rotation: three grains a few degrees apart ----------------------------------------------
 
 def rotation_arrays(seed: int, dose: float, scan: tuple[int, int] = SCAN,
@@ -326,21 +347,13 @@ def rotation_arrays(seed: int, dose: float, scan: tuple[int, int] = SCAN,
     order = np.hypot(g0[:, 0], g0[:, 1]) / optics.spacing
     angle = base + angles[bands].ravel()
     expected = render(optics, thickness.ravel(), _turn(g0, angle), order, bend)
-    expected *= np.float32(dose)
-    counts = _poisson(expected, _rng(seed, stream, f"{dose:g}"))
-    shape4 = (*scan, *detector)
-    return {"counts": counts.reshape(shape4), "expected": expected.reshape(shape4),
-            "labels": labels, "thickness": thickness.astype(np.float32)}
+    return _drawn(expected, dose, seed, stream, scan, detector, labels, thickness)
 
 
 def rotation_scan(dose: float, seed: int, name: str, scan: tuple[int, int] = SCAN,
                   detector: tuple[int, int] = DETECTOR) -> Scan:
-    arr = rotation_arrays(seed, dose, scan, detector, stream=name)
-    labels = arr["labels"]
-    ds = _dataset(name, arr["counts"], labels, dose=dose, seed=seed)
-    names = tuple(f"grain {a:g}°" for a in ROTATIONS)
-    return Scan(name, ds, labels, chessboard_core(labels), 3, dose,
-                arr["expected"].sum(axis=(2, 3)), names, {"thickness": arr["thickness"]})
+    return _generated_scan(name, rotation_arrays(seed, dose, scan, detector, stream=name),
+                           dose, seed, tuple(f"grain {a:g}°" for a in ROTATIONS))
 
 
 # -- precipitate: matrix, a strained region, a few small precipitates ------------------------
@@ -392,21 +405,12 @@ def precipitate_arrays(seed: int, dose: float, scan: tuple[int, int] = SCAN,
     share = np.where(lab == 2, SUPERLATTICE, 0.0)
     expected = render(optics, thickness.ravel(), g, order, bend, extra, share,
                       np.hypot(half[:, 0], half[:, 1]) / optics.spacing)
-    expected *= np.float32(dose)
-    counts = _poisson(expected, _rng(seed, stream, f"{dose:g}"))
-    shape4 = (*scan, *detector)
-    return {"counts": counts.reshape(shape4), "expected": expected.reshape(shape4),
-            "labels": labels, "thickness": thickness.astype(np.float32)}
+    return _drawn(expected, dose, seed, stream, scan, detector, labels, thickness)
 
 
 def precipitate_scan(dose: float, seed: int, name: str) -> Scan:
-    arr = precipitate_arrays(seed, dose, stream=name)
-    labels = arr["labels"]
-    ds = _dataset(name, arr["counts"], labels, dose=dose, seed=seed)
-    return Scan(name, ds, labels, chessboard_core(labels), 3, dose,
-                arr["expected"].sum(axis=(2, 3)),
-                ("matrix", f"strained +{STRAIN:.1%}", "precipitate"),
-                {"thickness": arr["thickness"]})
+    return _generated_scan(name, precipitate_arrays(seed, dose, stream=name), dose, seed,
+                           ("matrix", f"strained +{STRAIN:.1%}", "precipitate"))
 
 
 # -- optional: a peer package's simulation (pyxem) --------------------------------------------
