@@ -67,6 +67,20 @@ class CountScale:
             v = ((v - self.lo) / (self.hi - self.lo)).clamp(0.0, 1.0)
         return v
 
+    def thinned_halves(self, x: torch.Tensor, generator: torch.Generator | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The electrons of network-space patterns ``x`` split one by one, each to either half
+        with probability 1/2: two patterns of the same specimen with independent shot noise
+        (per binned pixel, adding up to the whole)."""
+        counts = self.to_counts(x).round()
+        first = torch.binomial(counts, torch.full_like(counts, 0.5), generator=generator)
+        return first, counts - first
+
+    def half_input(self, half: torch.Tensor) -> torch.Tensor:
+        """A thinned half as network input, at twice its counts (so its intensities look like a
+        whole pattern's)."""
+        return self.from_counts(2.0 * half)
+
 
 def are_counts(counts: torch.Tensor) -> bool:
     """Whether nearly every value is a non-negative integer (up to float32 rounding of the

@@ -35,6 +35,7 @@ from .terms import (
 
 log = logging.getLogger(__name__)
 
+
 @dataclass
 class ThinnedHalves:
     """One batch's thinned halves (:meth:`Objective.training_input`): the ``whole`` patterns
@@ -150,11 +151,9 @@ class Objective:
         if self.counts is None or not self._check_counts(patterns):
             log.warning("graph teacher on pixels: denoised features need electron counts")
             return None
-        counts = self.counts.to_counts(patterns.float()).round()
         gen = torch.Generator().manual_seed(0)  # the same split in every run and on refit
-        first = torch.binomial(counts, torch.full_like(counts, 0.5), generator=gen)
-        return 0.5 * (self.counts.from_counts(2.0 * first)
-                      - self.counts.from_counts(2.0 * (counts - first)))
+        first, second = self.counts.thinned_halves(patterns.float(), gen)
+        return 0.5 * (self.counts.half_input(first) - self.counts.half_input(second))
 
     def to(self, device: torch.device | str) -> "Objective":
         if self.teacher is not None:
@@ -166,14 +165,12 @@ class Objective:
         thinned-halves term on (and count data), the two halves of the first ``B // 2``
         patterns, each at twice its counts (so intensities look like a whole pattern's), first
         halves then second halves. Pass the second value on to :meth:`__call__`."""
-        if self.config.halves_weight <= 0 or x.shape[0] < 4 or not self._check_counts(x):
+        if not self.uses_halves or x.shape[0] < 4 or not self._check_counts(x):
             return x, None
         n = x.shape[0] // 2
-        counts = self.counts.to_counts(x[:n]).round()
-        first = torch.binomial(counts, torch.full_like(counts, 0.5))
-        second = counts - first
-        inputs = torch.cat([self.counts.from_counts(2.0 * first),
-                            self.counts.from_counts(2.0 * second)]).to(x.dtype)
+        first, second = self.counts.thinned_halves(x[:n])
+        inputs = torch.cat([self.counts.half_input(first),
+                            self.counts.half_input(second)]).to(x.dtype)
         return inputs, ThinnedHalves(x[:n], first, second, inputs)
 
     def __call__(self, x: torch.Tensor, x_hat: torch.Tensor, z: torch.Tensor,
