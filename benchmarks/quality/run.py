@@ -48,7 +48,6 @@ from napari_4dstem_autoencoder.analysis.clustering import (  # noqa: E402
     live_dimensions,
     reconstruction_quality,
 )
-from napari_4dstem_autoencoder.data.preprocess import PreprocessConfig  # noqa: E402
 from napari_4dstem_autoencoder.inference.embedding import embed_and_score, reconstruct  # noqa: E402
 from napari_4dstem_autoencoder.model.config import ModelConfig  # noqa: E402
 from napari_4dstem_autoencoder.objective.config import ObjectiveConfig  # noqa: E402
@@ -112,18 +111,17 @@ def parse_set(items: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def train_config(preset: str, seed: int, args: argparse.Namespace) -> TrainConfig:
-    """The TrainConfig ``stem-ae train`` builds from its defaults (cmd_train), no checkpoint;
-    the plan then fills in the detector bin, subset, epochs and budget."""
+    """The TrainConfig ``stem-ae train`` builds from its defaults (cmd_train's defaults are
+    TrainConfig's: epochs, lr, schedule, validation share, precision), no checkpoint and no
+    previews; the plan then fills in the detector bin, subset, epochs and budget."""
     chosen = get_preset(preset)
     model_set, objective_set = parse_set(args.set)
     return TrainConfig(
         preset=preset, model=chosen.model.replace(**model_set),
-        objective=chosen.objective.replace(**objective_set), preprocess=PreprocessConfig(),
-        epochs=10, batch_size=args.batch_size, lr=1e-4, train_subset=None, val_fraction=0.1,
-        seed=seed, device=args.device, amp="auto", channels_last="auto", compile=False,
-        lr_schedule="cosine", early_stopping_patience=None, max_minutes=args.minutes,
-        preview_every_seconds=None, preview_max_positions=0, checkpoint_path=None,
-        bn_recalibration_patterns=args.bn_patterns, num_workers=0)
+        objective=chosen.objective.replace(**objective_set), batch_size=args.batch_size,
+        seed=seed, device=args.device, max_minutes=args.minutes, preview_every_seconds=None,
+        preview_max_positions=0, checkpoint_path=None,
+        bn_recalibration_patterns=args.bn_patterns)
 
 
 def train_for_budget(scan: scans.Scan, config: TrainConfig) -> tuple[Finished, dict[str, Any]]:
