@@ -285,6 +285,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                     f"{event.input_shape[0]}x{event.input_shape[1]}, device {event.device}"
                     + (f" x {event.world_size} processes" if event.world_size > 1 else "")
                     + ("" if event.cached else ", streaming from disk"))
+                started = event
                 bar = _progress(event.steps_per_epoch * (event.epochs - event.start_epoch),
                                 "train", args.quiet or not ctx.is_main)
                 bar.unit = "step"
@@ -293,6 +294,10 @@ def cmd_train(args: argparse.Namespace) -> int:
                 bar.set_postfix(epoch=event.epoch + 1, mse=f"{event.losses['mse']:.3g}",
                                 rate=f"{event.patterns_per_second:.1f}/s")
             elif isinstance(event, EpochEnd):
+                total = started.steps_per_epoch * (event.epochs - started.start_epoch)
+                if bar is not None and bar.total != total:  # epochs re-fitted to the budget
+                    bar.total = total
+                    bar.refresh()
                 msg = f"epoch {event.epoch + 1}: train {_fmt_losses(event.train)}"
                 if event.val:
                     msg += f" | val {_fmt_losses(event.val)}"

@@ -361,6 +361,8 @@ class TrainWidget(QWidget):
             epochs=self.epochs.value(), batch_size=self.batch_size.value(), lr=self.lr.value(),
             train_subset=self.subset.value() or None, seed=self.seed.value(),
             device=self.device.currentText(), max_minutes=self.max_minutes.value() or None,
+            # epochs the plan chose follow the run's measured speed; typed ones are kept
+            fit_epochs_to_budget=self.plan is not None and "epochs" not in self._pinned,
             preview_every_seconds=self.preview_seconds,
             preview_max_positions=self.preview_positions())
 
@@ -488,6 +490,11 @@ class TrainWidget(QWidget):
                 f"loss {event.losses.get('total', float('nan')):.4g} — "
                 f"{event.patterns_per_second:.1f} patterns/s — ETA {format_eta(eta)}")
         elif isinstance(event, ev.EpochEnd):
+            if event.epochs != self._epochs:  # re-fitted to the time budget
+                self._total_steps += (event.epochs - self._epochs) * self._steps_per_epoch
+                self._epochs = event.epochs
+                self.epoch_bar.setMaximum(event.epochs * self._steps_per_epoch)
+                self.epoch_bar.setFormat(f"epoch {event.epoch + 1} of {event.epochs}")
             self.epoch_bar.setValue((event.epoch + 1) * self._steps_per_epoch)
         elif isinstance(event, ev.Preview):
             if self.state.dataset is self._run_dataset and self._run_geometry is not None:

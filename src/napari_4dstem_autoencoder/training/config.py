@@ -56,7 +56,10 @@ class TrainConfig:
     embeddings match the trained weights.
 
     Stopping: ``early_stopping_patience`` epochs without a validation improvement larger than
-    ``early_stopping_min_delta`` end the run; ``max_minutes`` is a wall-clock budget.
+    ``early_stopping_min_delta`` end the run; ``max_minutes`` is a wall-clock budget. With
+    ``fit_epochs_to_budget`` (set by ``plan.apply`` when the plan chose the epochs) the engine
+    re-fits ``epochs`` to the budget after every epoch from the epoch it measured
+    (``training.budget``), and the cosine schedule follows.
 
     Previews: an embedding map on a coarse grid of at most ``preview_max_positions`` positions
     is produced every ``preview_every_steps`` optimiser steps and/or every
@@ -89,6 +92,7 @@ class TrainConfig:
     early_stopping_patience: int | None = None
     early_stopping_min_delta: float = 0.0
     max_minutes: float | None = None
+    fit_epochs_to_budget: bool = False
     preview_every_steps: int | None = None
     preview_every_seconds: float | None = 5.0
     preview_max_positions: int = 4096

@@ -100,3 +100,12 @@ def broadcast_buffers(model: nn.Module, ctx: DistContext, src: int = 0) -> None:
         return
     for buf in model.buffers():
         dist.broadcast(buf.data, src=src)
+
+
+def broadcast_int(value: int, ctx: DistContext, device: torch.device, src: int = 0) -> int:
+    """Rank ``src``'s ``value`` on every rank (a decision only one rank's clock should make)."""
+    if not ctx.enabled:
+        return int(value)
+    t = torch.tensor([int(value)], dtype=torch.int64, device=device)
+    dist.broadcast(t, src=src)
+    return int(t.item())

@@ -38,6 +38,7 @@ from .checkpoints import CheckpointError, load_checkpoint, save_checkpoint, trai
 from .config import TrainConfig
 from .data import (CachedPatterns, StreamedPatterns, fit_preprocessor_on, preview_grid,
                    reference_positions, split_positions, stack_batch)
+from .budget import refit_epochs, retarget_cosine
 from .device import Precision, choose_precision, release_device_memory, resolve_device
 from .events import (BatchEnd, CheckpointSaved, EpochEnd, Event, Failed, Finished, Preview,
                      Started)
@@ -256,10 +257,7 @@ def train(
         start_epoch, global_step = resumed.epoch, resumed.global_step
         if isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
             # the cosine runs over this run's total epochs, which may be more than before
-            for group in optimizer.param_groups:
-                group["lr"] = scheduler.eta_min + (config.lr - scheduler.eta_min) * (
-                    1 + math.cos(math.pi * start_epoch / config.epochs)) / 2
-            scheduler.last_epoch = start_epoch
+            retarget_cosine(scheduler, optimizer, start_epoch, config.epochs)
         elif scheduler is not None and resumed.scheduler_state:
             scheduler.load_state_dict(resumed.scheduler_state)
         history = list(resumed.history)
@@ -362,9 +360,11 @@ def train(
         last_preview_time -= max(0.0, preview_interval - FIRST_PREVIEW_S)
     reason = "completed"
     epoch = start_epoch
+    planned_epochs = total_epochs = config.epochs  # re-fitted to the budget when asked
+    t_epoch = time.monotonic()
     try:
         model.train()
-        for epoch in range(start_epoch, config.epochs):
+        while epoch < total_epochs:
             sampler.set_epoch(epoch)
             sums = torch.zeros(len(loss_names) + 1, dtype=torch.float64)
             t_batch = time.perf_counter()
@@ -447,24 +447,39 @@ def train(
             history.append({"epoch": epoch + 1, "train": train_means, "val": val_means,
                             "lr": lr, "global_step": global_step,
                             "seconds": round(time.monotonic() - t_start, 3)})
-            yield EpochEnd(epoch=epoch, train=train_means, val=val_means, lr=lr)
+            if config.fit_epochs_to_budget and deadline is not None:
+                now = time.monotonic()
+                # every rank takes rank 0's figure, so all of them stop at the same epoch
+                refitted = ddp.broadcast_int(
+                    refit_epochs(epoch + 1, total_epochs, now - t_epoch, deadline - now), ctx,
+                    device)
+                if refitted != total_epochs:
+                    log.info("epochs re-fitted to the budget: %d -> %d (last epoch %.1f s)",
+                             total_epochs, refitted, now - t_epoch)
+                    total_epochs = refitted
+                    config = config.replace(epochs=total_epochs)  # what checkpoints record
+                    if isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
+                        retarget_cosine(scheduler, optimizer, epoch + 1, total_epochs)
+                t_epoch = now
+            yield EpochEnd(epoch=epoch, train=train_means, val=val_means, lr=lr,
+                           epochs=total_epochs)
             if monitor < best - config.early_stopping_min_delta:
                 best, bad_epochs = monitor, 0
             else:
                 bad_epochs += 1
-            last_epoch = epoch + 1 == config.epochs
+            last_epoch = epoch + 1 >= total_epochs
             early = (config.early_stopping_patience is not None
                      and bad_epochs >= config.early_stopping_patience)
             if not last_epoch and not early and (epoch + 1) % config.checkpoint_every_epochs == 0:
                 saved = write_checkpoint(epoch + 1)
                 if saved is not None:
                     yield saved
+            epoch += 1
             if early:
                 reason = "early_stopping"
-                epoch += 1
                 break
-        else:
-            epoch = config.epochs
+        if reason == "completed" and epoch < planned_epochs:
+            reason = "time_budget"  # re-fitted below the planned epochs: the budget ended it
     except Exception as exc:  # I/O errors, out of memory...: report, keep the last checkpoint
         log.exception("training failed")
         yield Failed(reason=f"training failed: {type(exc).__name__}: {exc}",

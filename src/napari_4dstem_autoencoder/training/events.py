@@ -55,6 +55,7 @@ class EpochEnd:
     train: dict[str, float]
     val: dict[str, float]
     lr: float
+    epochs: int  # the run's total epochs, changed when re-fitted to the time budget
 
 
 @dataclass(frozen=True)

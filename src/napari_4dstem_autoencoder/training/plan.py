@@ -10,7 +10,9 @@ preset, device and batch size) and picks, from the measured rate:
 - the training subset: every position when the budget covers ``MIN_EPOCHS`` of them, else
   a random subset that it covers that often (never fewer than ``MIN_SUBSET``);
 - the epochs: as many as the budget covers, so the learning-rate schedule runs to its end
-  inside the budget rather than being cut off in its first epoch.
+  inside the budget rather than being cut off in its first epoch. The engine re-fits them
+  after every epoch from the epoch's measured time (``training.budget``), so a timing taken
+  beside other work neither wastes the budget nor overruns it.
 
 On CUDA the plan keeps the data whole and at full size and only reports the estimate. The
 plan's numbers are ordinary ``TrainConfig``/``PreprocessConfig`` values: shown, editable and
@@ -34,6 +36,7 @@ from ..data.preprocess import Preprocessor
 from ..model.autoencoder import Autoencoder
 from ..model.config import MIN_INPUT_SIZE
 from ..objective.objective import Objective
+from .budget import MAX_EPOCHS
 from .config import TrainConfig
 from .data import fit_preprocessor_on
 from .device import choose_precision, resolve_device
@@ -49,8 +52,6 @@ MIN_EPOCHS = 4
 MIN_SUBSET = 1024
 #: the largest pattern side a CPU plan starts from
 CPU_MAX_SIDE = 64
-#: epochs a plan never exceeds (beyond this more epochs on a small scan add little)
-MAX_EPOCHS = 50
 #: share of a run spent outside optimiser steps: validation, BN re-estimation, previews, the
 #: first steps' warm-up (bench_defaults: 42 patterns/s over a whole 5-minute run, 52 timed)
 _OVERHEAD = 0.25
@@ -72,6 +73,7 @@ class RunPlan:
     patterns_per_second: float  # timed optimiser steps
     setup_s: float  # reading, preprocessing fit, data-fitted objective (measured)
     val_fraction: float = 0.1  # of the positions used, held out for validation
+    epochs_chosen: bool = True  # the plan chose the epochs (False: the user's)
 
     @property
     def n_used(self) -> int:
@@ -255,7 +257,7 @@ def plan_run(dataset: Dataset4D, config: TrainConfig, *, max_minutes: float | No
                 n, int(math.ceil(subset_train / (1.0 - config.val_fraction))))
         n_epochs = epochs or int(max(1, min(MAX_EPOCHS, patterns // max(subset_train, 1))))
         return RunPlan(str(device), b, shape, n, subset, n_epochs, budget, rate, setup_s,
-                       config.val_fraction)
+                       config.val_fraction, epochs_chosen=epochs is None)
 
     def fits(p: RunPlan) -> bool:
         return p.max_minutes is None or p.epochs >= MIN_EPOCHS
@@ -280,7 +282,9 @@ def _cache_seconds(n: int, shape: tuple[int, int]) -> float:
 
 
 def apply(plan: RunPlan, config: TrainConfig) -> TrainConfig:
-    """``config`` with the plan's binning, subset, epochs and budget."""
+    """``config`` with the plan's binning, subset, epochs and budget; epochs the plan chose
+    are re-fitted to the budget while the run goes."""
     return config.replace(preprocess=config.preprocess.replace(detector_bin=plan.detector_bin),
                           train_subset=plan.train_subset, epochs=plan.epochs,
-                          max_minutes=plan.max_minutes)
+                          max_minutes=plan.max_minutes,
+                          fit_epochs_to_budget=plan.epochs_chosen and plan.max_minutes is not None)
