@@ -88,6 +88,7 @@ def test_the_train_dock_shows_a_timed_estimate_before_start(make_napari_viewer, 
     # what Start trains is what the estimate describes
     config = train.train_config()
     assert config.epochs == plan.epochs and config.max_minutes == DEFAULT_CPU_MINUTES
+    assert config.fit_epochs_to_budget  # the plan's epochs follow the run's measured speed
     assert data.detector_bin.value() == config.preprocess.detector_bin
 
 
@@ -108,9 +109,10 @@ def test_the_plan_keeps_what_the_user_set_until_fit_is_pressed(make_napari_viewe
     train = open_dock(viewer, "Train")
     with qtbot.waitSignal(train.plan_ready, timeout=30_000):
         train.request_plan()
-    assert train.epochs.value() == MAX_EPOCHS
-    train.epochs.setValue(3)  # the user's: kept by later plans
+    assert train.epochs.value() == MAX_EPOCHS and train.train_config().fit_epochs_to_budget
+    train.epochs.setValue(3)  # the user's: kept by later plans, and by the running engine
     assert "3 epochs" in train.estimate_label.text()  # the estimate follows the edit at once
+    assert not train.train_config().fit_epochs_to_budget
     with qtbot.waitSignal(train.plan_ready, timeout=30_000):
         train.batch_size.setValue(8)  # a change that re-plans
     assert train.epochs.value() == 3
@@ -122,6 +124,7 @@ def test_the_plan_keeps_what_the_user_set_until_fit_is_pressed(make_napari_viewe
     with qtbot.waitSignal(train.plan_ready, timeout=30_000):
         train.fit_button.click()  # forget the edits: everything fitted again
     assert train.epochs.value() == MAX_EPOCHS and train.plan.detector_bin == 1
+    assert train.train_config().fit_epochs_to_budget
     assert data.detector_bin.value() == 1  # written back to the shared preprocessing
 
 
@@ -180,3 +183,30 @@ def tiny_checkpoint_model(checkpoint):
 
     loaded = load_checkpoint(checkpoint)
     return loaded, make_sample_dataset(scan_shape=(8, 8))
+
+
+def test_the_epoch_bar_follows_epochs_refitted_to_the_budget(make_napari_viewer, qtbot,
+                                                              open_dock, tmp_path, monkeypatch):
+    from napari_4dstem_autoencoder.training import engine
+    from napari_4dstem_autoencoder.training import events as ev
+
+    monkeypatch.setattr(backend, "time_training_steps",
+                        lambda view, config: (1e4, 0.1))  # a fast machine: the plan's 50 epochs
+    # the run turns out slower than timed: after its first epoch one more fits
+    monkeypatch.setattr(engine, "refit_epochs", lambda done, total, epoch_s, left_s: 2)
+    viewer = make_napari_viewer()
+    viewer.open(_small_scan(tmp_path), plugin=PLUGIN)
+    train = open_dock(viewer, "Train")
+    train.device.setCurrentText("cpu")
+    train.embed_after.setChecked(False)
+    with qtbot.waitSignal(train.plan_ready, timeout=30_000):
+        train.request_plan()
+    assert train.epochs.value() == MAX_EPOCHS
+    with qtbot.waitSignal(train.run_finished, timeout=PLAN_TIMEOUT_MS) as finished:
+        train.start()
+    event = finished.args[0]
+    assert isinstance(event, ev.Finished) and event.reason == "time_budget"
+    assert len(event.history) == 2
+    steps = train.events_seen.count("BatchEnd") // 2
+    assert train.epoch_bar.format() == "epoch 2 of 2"
+    assert train.epoch_bar.maximum() == train.epoch_bar.value() == 2 * steps

@@ -178,3 +178,35 @@ def test_denoised_graph_features_cluster_a_low_dose_scan_better_than_pixels():
                                    objective.teacher.targets(x[:8, None]))
     assert objective.teacher.basis.shape[1] < 32  # a few directions above the noise
     assert found["denoised"] > found["pixels"] + 0.05, found
+
+
+def test_the_default_teacher_falls_back_to_pixels_quietly_on_data_that_are_not_counts(caplog):
+    """The default preset asks for denoised features on any data; simulated intensities
+    (floats that do not invert to integers) get the pixel graph and one info line, no warning."""
+    import logging
+
+    import dask.array as da
+
+    from napari_4dstem_autoencoder.data.dataset import Dataset4D
+    from napari_4dstem_autoencoder.data.preprocess import PreprocessConfig, Preprocessor
+    from napari_4dstem_autoencoder.data.sample import make_sample_dataset
+    from napari_4dstem_autoencoder.objective import Objective
+    from napari_4dstem_autoencoder.training.presets import DEFAULT_PRESET, get_preset
+
+    config = get_preset(DEFAULT_PRESET).objective
+    assert config.graph_features == "denoised"
+    ds = make_sample_dataset(scan_shape=(8, 8), detector_shape=(32, 32), dose=300, seed=0)
+    counts = np.asarray(ds.data).reshape(-1, 32, 32)
+    found = {}
+    for name, raw in (("counts", counts), ("floats", counts * 0.37 + 0.01)):
+        prep = Preprocessor.fit(Dataset4D(da.from_array(raw.reshape(8, 8, 32, 32))),
+                                PreprocessConfig())
+        objective = Objective(config).bind(prep)
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger=Objective.__module__):
+            objective.fit(torch.from_numpy(prep.transform_patterns(raw)))
+        found[name] = objective.teacher.basis is not None
+        warned = [r for r in caplog.records if r.levelno >= logging.WARNING]
+        assert warned == [], [r.getMessage() for r in warned]
+    assert found == {"counts": True, "floats": False}
+    assert any("graph teacher on pixels" in r.getMessage() for r in caplog.records)

@@ -316,9 +316,12 @@ def test_graph_teacher_is_fitted_on_the_reference_patterns_saved_and_restored_on
     teacher = gen.gi_frame.f_locals["objective"].teacher
     assert teacher is not None and teacher.has_structure
     train_ds = gen.gi_frame.f_locals["train_ds"]
-    # all 36 training patterns (fewer than 1,024) are the teacher's references, in order
+    # all 36 training patterns (fewer than 1,024) are the teacher's references, in order, as
+    # the preset's features: their projections above the shot noise of these count data
     patterns = torch.stack(train_ds.__getitems__(list(range(len(train_ds)))))
-    torch.testing.assert_close(teacher.reference, patterns.reshape(len(patterns), -1))
+    assert teacher.basis is not None and teacher.basis.shape[1] < patterns[0].numel()
+    torch.testing.assert_close(
+        teacher.reference, (patterns.reshape(len(patterns), -1) - teacher.centre) @ teacher.basis)
     events = list(gen)
     assert isinstance(events[-1], Finished) and events[-1].objective.teacher is teacher
     for b in of(events, BatchEnd):

@@ -100,13 +100,13 @@ class Objective:
         self.counts = CountScale.from_preprocessor(preprocessor)
         return self
 
-    def _check_counts(self, x: torch.Tensor) -> bool:
+    def _check_counts(self, x: torch.Tensor, quiet: bool = False) -> bool:
         if self.count_data is None:
             if self.counts is None:
                 raise RuntimeError("count-based terms need the preprocessing: call "
                                    "Objective.bind(preprocessor) first")
             self.count_data = are_counts(self.counts.to_counts(x))
-            if not self.count_data:
+            if not self.count_data and not quiet:
                 log.warning("the data are not electron counts (they do not invert to integers):"
                             " the count-based terms are off (the reconstruction term is the MSE;"
                             " no thinned halves)")
@@ -148,8 +148,13 @@ class Objective:
         the input's scaling, each half at twice its counts). None otherwise."""
         if self.config.graph_features != "denoised":
             return None
-        if self.counts is None or not self._check_counts(patterns):
-            log.warning("graph teacher on pixels: denoised features need electron counts")
+        # the default preset asks for this on any data: data that are not counts (simulated
+        # intensities, gain-corrected floats) get the pixel graph, said once, not as an error
+        quiet = not (self.uses_poisson or self.uses_halves)
+        if self.counts is None or not self._check_counts(patterns, quiet=quiet):
+            (log.info if quiet else log.warning)(
+                "graph teacher on pixels: denoised features need electron counts, and these "
+                "data do not invert to integers")
             return None
         gen = torch.Generator().manual_seed(0)  # the same split in every run and on refit
         first, second = self.counts.thinned_halves(patterns.float(), gen)
