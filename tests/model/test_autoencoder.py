@@ -99,7 +99,10 @@ def test_gradient_reaches_every_parameter_the_forward_pass_uses(size):
     x = torch.rand(1, 1, size, size)  # one pattern: BN still sees H*W values per channel
     x_hat, z = model.encode_decode(x)
     Objective()(x, x_hat, z)["total"].backward()
-    no_grad = {n for n, p in model.named_parameters() if p.grad is None or p.grad.abs().sum() == 0}
+    # "reached" = in the autograd graph: a conv bias right before a training-mode BN has an
+    # analytically zero gradient (the BN subtracts it again), so whether its float gradient is
+    # exactly 0 depends on the CPU's reduction order (it was on this machine for conv_final)
+    no_grad = {n for n, p in model.named_parameters() if p.grad is None}
     if size == 256:
         assert no_grad == set()
     else:
