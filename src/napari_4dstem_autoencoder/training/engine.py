@@ -360,11 +360,11 @@ def train(
         last_preview_time -= max(0.0, preview_interval - FIRST_PREVIEW_S)
     reason = "completed"
     epoch = start_epoch
-    planned_epochs = total_epochs = config.epochs  # re-fitted to the budget when asked
+    planned_epochs = config.epochs  # config.epochs is re-fitted to the budget when asked
     t_epoch = time.monotonic()
     try:
         model.train()
-        while epoch < total_epochs:
+        while epoch < config.epochs:
             sampler.set_epoch(epoch)
             sums = torch.zeros(len(loss_names) + 1, dtype=torch.float64)
             t_batch = time.perf_counter()
@@ -451,23 +451,22 @@ def train(
                 now = time.monotonic()
                 # every rank takes rank 0's figure, so all of them stop at the same epoch
                 refitted = ddp.broadcast_int(
-                    refit_epochs(epoch + 1, total_epochs, now - t_epoch, deadline - now), ctx,
+                    refit_epochs(epoch + 1, config.epochs, now - t_epoch, deadline - now), ctx,
                     device)
-                if refitted != total_epochs:
+                if refitted != config.epochs:
                     log.info("epochs re-fitted to the budget: %d -> %d (last epoch %.1f s)",
-                             total_epochs, refitted, now - t_epoch)
-                    total_epochs = refitted
-                    config = config.replace(epochs=total_epochs)  # what checkpoints record
+                             config.epochs, refitted, now - t_epoch)
+                    config = config.replace(epochs=refitted)  # the loop's and checkpoints' total
                     if isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
-                        retarget_cosine(scheduler, optimizer, epoch + 1, total_epochs)
+                        retarget_cosine(scheduler, optimizer, epoch + 1, config.epochs)
                 t_epoch = now
             yield EpochEnd(epoch=epoch, train=train_means, val=val_means, lr=lr,
-                           epochs=total_epochs)
+                           epochs=config.epochs)
             if monitor < best - config.early_stopping_min_delta:
                 best, bad_epochs = monitor, 0
             else:
                 bad_epochs += 1
-            last_epoch = epoch + 1 >= total_epochs
+            last_epoch = epoch + 1 >= config.epochs
             early = (config.early_stopping_patience is not None
                      and bad_epochs >= config.early_stopping_patience)
             if not last_epoch and not early and (epoch + 1) % config.checkpoint_every_epochs == 0:
