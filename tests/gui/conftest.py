@@ -66,6 +66,25 @@ class NotificationLog:
                 if n.severity == NotificationSeverity.ERROR]
 
 
+#: how long a test's teardown waits for the background workers it left running
+WORKER_WAIT_MS = 60_000
+
+
+@pytest.fixture(autouse=True)
+def workers_end_with_their_test():
+    """Ask every thread worker a test started to quit, and wait for it, before the next test.
+
+    napari's own application does this when it quits (``app.aboutToQuit``); a test session
+    never quits, so a worker still running (a plan being timed when the viewer closed) would
+    run into the next test, or into interpreter shutdown, where emitting on its deleted
+    signals object aborts the process. A worker that does not end in time fails the test.
+    """
+    yield
+    from napari.qt.threading import WorkerBase
+
+    WorkerBase.await_workers(msecs=WORKER_WAIT_MS)
+
+
 @pytest.fixture
 def notifications() -> NotificationLog:
     return NotificationLog()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from napari_4dstem_autoencoder.gui.keys import DATASET_KEY, LABELS_KEY, PLUGIN
 

@@ -1,8 +1,5 @@
 """summary.show and the MAC counts."""
 
-import pytest
-import torch
-
 from napari_4dstem_autoencoder.model import Autoencoder
 from napari_4dstem_autoencoder.model.summary import macs_per_pattern, show
 

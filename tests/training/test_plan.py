@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 
 from napari_4dstem_autoencoder.training import plan as plan_mod

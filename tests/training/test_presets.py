@@ -91,7 +91,7 @@ def test_presets_differ_only_where_their_summaries_say():
     regions, continuous = get_preset("regions"), get_preset("continuous")
     assert regions.model == continuous.model
     assert regions.objective == continuous.objective.replace(graph_weight=1.0,
-                                                             graph_features="denoised")
+                                                             graph_features="likelihood")
     assert Objective(regions.objective).names[-1] == "graph"
     assert "graph" not in Objective(continuous.objective).names
 

@@ -72,7 +72,6 @@ def make_sample_arrays(scan_shape: tuple[int, int] = (64, 64), detector_shape: t
     labels, thickness, strain = _layout(scan_shape, rng)
     ny, nx = scan_shape
     qy, qx = detector_shape
-    n = ny * nx
     scale = min(qy, qx) / 64.0  # geometry is designed on 64 px and scales with the detector
     cy, cx = (qy - 1) / 2, (qx - 1) / 2
     yy, xx = np.mgrid[0:qy, 0:qx]
@@ -89,7 +88,6 @@ def make_sample_arrays(scan_shape: tuple[int, int] = (64, 64), detector_shape: t
     # spot positions for every scan position: (n, k, 2), padded with weight-0 spots
     spacing = 9.5 * scale
     base = _spot_lattice(min(cy, cx) - 3 * scale, spacing)
-    k = base.shape[0]
     lab = labels.ravel()
     angle = np.where(lab == 2, np.deg2rad(35.0), np.deg2rad(10.0))
     expand = 1.0 + np.where(lab == 3, 0.03 + 0.06 * strain.ravel(), 0.0)

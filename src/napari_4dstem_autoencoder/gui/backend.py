@@ -16,11 +16,14 @@ from __future__ import annotations
 import dataclasses
 import os
 import threading
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
 from .._files import atomic_write_bytes, check_output, input_family
+
+if TYPE_CHECKING:
+    import torch
 
 Progress = Callable[[int, int], None]
 

@@ -16,8 +16,8 @@ DivergenceForm = Literal["inverse_variance", "std_hinge_decorrelate"]
 DIVERGENCE_FORMS = ("inverse_variance", "std_hinge_decorrelate")
 Reconstruction = Literal["mse", "poisson"]
 RECONSTRUCTIONS = ("mse", "poisson")
-GraphFeatures = Literal["pixels", "denoised"]
-GRAPH_FEATURES = ("pixels", "denoised")
+GraphFeatures = Literal["pixels", "denoised", "likelihood"]
+GRAPH_FEATURES = ("pixels", "denoised", "likelihood")
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,10 @@ class ObjectiveConfig:
         ``graph_features``: the graph joins patterns near in ``"pixels"`` (seed) or in
         ``"denoised"`` features, their projections onto the principal directions whose
         variance stands above the data's own shot noise (measured from thinned halves), so
-        at low dose the neighbours are not set by the noise; pixels on non-count data.
+        at low dose the neighbours are not set by the noise; or by ``"likelihood"``: each
+        pattern joins the patterns under whose local rate (the mean of their pixel
+        neighbourhood) its electrons are most probable, the Poisson likelihood of a counting
+        detector, which weighs every pixel by its own noise. Pixels on non-count data.
     """
 
     lambda_act: float = 1e-4

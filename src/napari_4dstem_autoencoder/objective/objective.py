@@ -132,7 +132,7 @@ class Objective:
         t0 = time.perf_counter()
         teacher = DiffusionTeacher.fit(patterns, cfg.graph_neighbours, cfg.graph_diffusion_time,
                                        cfg.graph_components, self.latent_dim,
-                                       noise=self._shot_noise(patterns))
+                                       **self._graph_inputs(patterns))
         if not teacher.has_structure:
             log.warning("graph teacher skipped: the %d-neighbour graph of %d training patterns "
                         "has no slow modes (every pattern is every other's neighbour)",
@@ -142,23 +142,29 @@ class Objective:
         log.info("graph teacher: diffusion map of %d reference patterns in %.1f s",
                  patterns.shape[0], time.perf_counter() - t0)
 
-    def _shot_noise(self, patterns: torch.Tensor) -> torch.Tensor | None:
-        """For ``graph_features="denoised"`` on count data: an estimate of each reference
-        pattern's shot noise, half the difference of its two binomially thinned halves (in
-        the input's scaling, each half at twice its counts). None otherwise."""
-        if self.config.graph_features != "denoised":
-            return None
+    def _graph_inputs(self, patterns: torch.Tensor) -> dict[str, torch.Tensor]:
+        """What ``DiffusionTeacher.fit`` needs beyond the pixels for count-based graph features
+        on count data: for ``"denoised"`` an estimate of each reference pattern's shot
+        ``noise``, half the difference of its two binomially thinned halves (in the input's
+        scaling, each half at twice its counts); for ``"likelihood"`` the patterns' electron
+        ``counts``. Nothing for ``"pixels"`` or data that are not counts."""
+        features = self.config.graph_features
+        if features == "pixels":
+            return {}
         # the default preset asks for this on any data: data that are not counts (simulated
         # intensities, gain-corrected floats) get the pixel graph, said once, not as an error
         quiet = not (self.uses_poisson or self.uses_halves)
         if self.counts is None or not self._check_counts(patterns, quiet=quiet):
             (log.info if quiet else log.warning)(
-                "graph teacher on pixels: denoised features need electron counts, and these "
-                "data do not invert to integers")
-            return None
+                "graph teacher on pixels: %s features need electron counts, and these data do "
+                "not invert to integers", features)
+            return {}
+        if features == "likelihood":
+            return {"counts": self.counts.to_counts(patterns.float()).round()}
         gen = torch.Generator().manual_seed(0)  # the same split in every run and on refit
         first, second = self.counts.thinned_halves(patterns.float(), gen)
-        return 0.5 * (self.counts.half_input(first) - self.counts.half_input(second))
+        return {"noise": 0.5 * (self.counts.half_input(first)
+                                - self.counts.half_input(second))}
 
     def to(self, device: torch.device | str) -> "Objective":
         if self.teacher is not None:
@@ -222,7 +228,8 @@ class Objective:
             if self.teacher is None:  # skipped: nothing to teach
                 losses["graph"] = losses["mse"].new_zeros(())
             else:  # targets from whole patterns: the teacher sees the less noisy version
-                losses["graph"] = self.teacher.loss(whole, z)
+                counts = self.counts.to_counts(whole).round() if self.teacher.likelihood else None
+                losses["graph"] = self.teacher.loss(whole, z, counts)
                 total = total + cfg.graph_weight * losses["graph"]
         return {"total": total, **losses}
 
@@ -236,16 +243,21 @@ class Objective:
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Restore what :meth:`state_dict` returned; marks the objective fitted."""
-        unknown = set(state) - {"graph.reference", "graph.coords", "graph.centre", "graph.basis"}
+        unknown = set(state) - {"graph.reference", "graph.log_rates", "graph.coords",
+                                "graph.centre", "graph.basis"}
         if unknown:
             raise ValueError(f"unknown objective state entries: {sorted(unknown)}")
+        if {"graph.reference", "graph.log_rates"} <= set(state):
+            raise ValueError("the state holds both pixel features and log-rates")
         self.teacher = None
         if state:
             if not self.uses_graph:
                 raise ValueError("the state holds a graph teacher, the config has none")
-            self.teacher = DiffusionTeacher(state["graph.reference"], state["graph.coords"],
-                                            self.latent_dim, state.get("graph.centre"),
-                                            state.get("graph.basis"))
+            likelihood = "graph.log_rates" in state
+            self.teacher = DiffusionTeacher(
+                state["graph.log_rates" if likelihood else "graph.reference"],
+                state["graph.coords"], self.latent_dim, state.get("graph.centre"),
+                state.get("graph.basis"), likelihood=likelihood)
             if self.teacher.coords.shape[1] != self.config.graph_components:
                 raise ValueError(
                     f"the saved teacher has {self.teacher.coords.shape[1]} components, the "

@@ -45,15 +45,16 @@ CONTINUOUS = Preset(
     "(thickness, strain gradients) and rare features, which the graph teacher of 'regions' "
     "would pull into its blobs.")
 
-#: The teacher's graph joins patterns near in their denoised features (the directions above
-#: the scan's own shot noise, measured from thinned halves), so at low dose the neighbours are
-#: not set by noise: benchmarks/quality, docs/model.md "How good are the embeddings".
+#: The teacher's graph joins each pattern to those under whose local rate its electrons are
+#: most probable (the Poisson likelihood of a counting detector), so at low dose the
+#: neighbours are not set by shot noise and small orientation changes still count:
+#: benchmarks/quality, docs/model.md "How good are the embeddings". Pixels on non-count data.
 REGIONS = Preset(
     "regions", _FIXED_MODEL, _FIXED_OBJECTIVE.replace(graph_weight=1.0,
-                                                      graph_features="denoised"),
+                                                      graph_features="likelihood"),
     "Default. The seed's flaws fixed, and the embedding taught the geometry of the patterns' "
-    "neighbour graph, built above the scan's shot noise, so regions that share structure "
-    "(phases, grains, orientations) form compact clusters, at low dose too.")
+    "neighbour graph, built on the electron counts' likelihood, so regions that share "
+    "structure (phases, grains, orientations) form compact clusters, at low dose too.")
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (REGIONS, CONTINUOUS, SEED)}
 DEFAULT_PRESET = REGIONS.name
