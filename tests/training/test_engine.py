@@ -302,7 +302,8 @@ def test_previews_recalibrate_the_encoder_alone(tiny_dataset, tiny_config):
 def test_graph_teacher_is_fitted_on_the_reference_patterns_saved_and_restored_on_resume(
         tiny_dataset, tiny_config, tmp_path, cache_max_mb, monkeypatch):
     from napari_4dstem_autoencoder.data.dataset import Dataset4D
-    from napari_4dstem_autoencoder.objective.graph_teacher import DiffusionTeacher
+    from napari_4dstem_autoencoder.objective.graph_teacher import (DiffusionTeacher,
+                                                                    local_log_rates)
 
     path = tmp_path / "graph.safetensors"
     # 5 neighbours among 36 patterns of two kinds: two clouds, so the graph has a slow mode
@@ -317,11 +318,15 @@ def test_graph_teacher_is_fitted_on_the_reference_patterns_saved_and_restored_on
     assert teacher is not None and teacher.has_structure
     train_ds = gen.gi_frame.f_locals["train_ds"]
     # all 36 training patterns (fewer than 1,024) are the teacher's references, in order, as
-    # the preset's features: their projections above the shot noise of these count data
+    # the preset's features: the log local rates of their electron counts
     patterns = torch.stack(train_ds.__getitems__(list(range(len(train_ds)))))
-    assert teacher.basis is not None and teacher.basis.shape[1] < patterns[0].numel()
-    torch.testing.assert_close(
-        teacher.reference, (patterns.reshape(len(patterns), -1) - teacher.centre) @ teacher.basis)
+    objective_now = gen.gi_frame.f_locals["objective"]
+    counts = objective_now.counts.to_counts(patterns.float()).round()
+    flat = patterns.reshape(len(patterns), -1).float().numpy()
+    expected = local_log_rates(flat, counts.reshape(len(patterns), -1).double().numpy(), 5)
+    assert teacher.likelihood and teacher.basis is None
+    assert teacher.reference.shape == (len(patterns), patterns[0].numel())
+    torch.testing.assert_close(teacher.reference, torch.from_numpy(expected).float())
     events = list(gen)
     assert isinstance(events[-1], Finished) and events[-1].objective.teacher is teacher
     for b in of(events, BatchEnd):
