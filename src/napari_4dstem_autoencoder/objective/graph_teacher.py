@@ -101,7 +101,11 @@ def local_log_rates(flat: np.ndarray, counts: np.ndarray, n_neighbours: int) -> 
     share = np.where(totals > 0, counts / np.maximum(totals, 1.0), mean)
     k = min(int(n_neighbours), n)
     members = NearestNeighbors(n_neighbors=k).fit(flat).kneighbors(flat, return_distance=False)
-    rates = (share[members].sum(axis=1) + mean) / (k + 1)
+    # the sum over members as a sparse product: share[members] would hold N·k·D numbers
+    # (2 GiB for 1,024 references of 128×128 pixels)
+    pooled = sparse.csr_matrix((np.ones(n * k), (np.repeat(np.arange(n), k), members.ravel())),
+                               shape=(n, n)) @ share
+    rates = (pooled + mean) / (k + 1)
     return np.log(np.maximum(rates, RATE_FLOOR))
 
 
