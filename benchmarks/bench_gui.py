@@ -343,20 +343,22 @@ def bench_first_map(args: argparse.Namespace) -> list[dict]:
 
     state.preview_changed.connect(first)
     state.embeddings_changed.connect(first)
-    settings = {"preset": train.preset.currentText(), "epochs": train.epochs.value(),
-                "batch_size": train.batch_size.value(), "device": train.device.currentText(),
-                "preview_seconds": train.preview_seconds}
+    planned = train.plan is not None  # pressed as a new user would: before the estimate?
     t0 = time.perf_counter()
     train.start()
     try:
-        wait_until(app, lambda: bool(seen) or not train.running, timeout_s=args.map_timeout,
-                   sleep_s=0.005)
+        # (a Start pressed while the first plan is timed waits for it: start_pending)
+        wait_until(app, lambda: bool(seen) or not (train.running or train.start_pending),
+                   timeout_s=args.map_timeout, sleep_s=0.005)
         app.processEvents()  # the map layer painted
         first_s = (seen[0] - t0) if seen else None
         reached = bool(seen) and EMBEDDINGS_LAYER in viewer.layers
         load = os.getloadavg()[0]
     except TimeoutError:
         first_s, reached, load = None, False, os.getloadavg()[0]
+    settings = {"preset": train.preset.currentText(), "epochs": train.epochs.value(),
+                "batch_size": train.batch_size.value(), "device": train.device.currentText(),
+                "preview_seconds": train.preview_seconds, "plan_before_start": planned}
     train.stop()
     wait_until(app, lambda: not train.running, sleep_s=0.01)
     job = embedding_job(state)  # the dock embeds the scan once a run ends: stop that too
@@ -382,6 +384,7 @@ INSPECTOR_COLUMNS = [Column("size"), Column("scan"), Column("preset"), Column("p
                      Column("load_1min", ".1f", "load avg")]
 MAP_COLUMNS = [Column("preset"), Column("epochs"), Column("batch_size", "", "batch"),
                Column("device"), Column("preview_seconds", "g", "preview every s"),
+               Column("plan_before_start", "", "plan before Start"),
                Column("first_map_s", ".1f", "Start -> first live map s"), Column("reached"),
                Column("load_1min", ".1f", "load avg")]
 

@@ -3,6 +3,8 @@ driven through the manifest under Xvfb."""
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 
@@ -10,6 +12,7 @@ from napari_4dstem_autoencoder.gui import backend
 from napari_4dstem_autoencoder.gui.keys import PLUGIN
 from napari_4dstem_autoencoder.gui.state import get_state
 from napari_4dstem_autoencoder.gui.workflow_widget import WorkflowWidget
+from napari_4dstem_autoencoder.training import events as ev
 from napari_4dstem_autoencoder.training.plan import DEFAULT_CPU_MINUTES, MAX_EPOCHS
 
 PLAN_TIMEOUT_MS = 180_000
@@ -90,6 +93,107 @@ def test_the_train_dock_shows_a_timed_estimate_before_start(make_napari_viewer, 
     assert config.epochs == plan.epochs and config.max_minutes == DEFAULT_CPU_MINUTES
     assert config.fit_epochs_to_budget  # the plan's epochs follow the run's measured speed
     assert data.detector_bin.value() == config.preprocess.detector_bin
+
+
+def _held_timing(monkeypatch, fails: bool = False) -> threading.Event:
+    """The plan's step timing waits for the returned event (then reports a fast machine, or
+    fails), so a test can press Start while the first plan is still being timed."""
+    release = threading.Event()
+
+    def held(view, config):
+        assert release.wait(60)
+        if fails:
+            raise RuntimeError("out of memory while timing")
+        shape = view.detector_shape
+        return 1e6 / (shape[0] * shape[1] / config.preprocess.detector_bin ** 2), 0.1
+
+    monkeypatch.setattr(backend, "time_training_steps", held)
+    return release
+
+
+def test_start_before_the_first_estimate_waits_for_it_and_trains_the_plan(
+        make_napari_viewer, qtbot, open_dock, tmp_path, monkeypatch):
+    release = _held_timing(monkeypatch)
+    viewer = make_napari_viewer()
+    viewer.open(_small_scan(tmp_path), plugin=PLUGIN)
+    train = open_dock(viewer, "Train")  # asks for a plan at once (the dataset is open)
+    train.device.setCurrentText("cpu")
+    train.embed_after.setChecked(False)
+    assert train.plan is None and train._planner.busy
+    assert train.start() is None  # not an unfitted run: it waits for the plan
+    assert train.start_pending and not train.running
+    assert not train.start_button.isEnabled() and train.stop_button.isEnabled()
+    assert "fitting the run to this machine" in train.status_label.text()
+    with qtbot.waitSignal(train.event_handled, timeout=PLAN_TIMEOUT_MS,
+                          check_params_cb=lambda e: isinstance(e, ev.Started)) as started:
+        release.set()
+    config = started.args[0].config
+    plan = train.plan
+    assert plan is not None and not train.start_pending and train.running
+    assert config.epochs == plan.epochs == MAX_EPOCHS  # the fast machine's plan, not the form's
+    assert config.max_minutes == DEFAULT_CPU_MINUTES and config.fit_epochs_to_budget
+    with qtbot.waitSignal(train.run_finished, timeout=PLAN_TIMEOUT_MS) as finished:
+        train.stop()
+    assert isinstance(finished.args[0], ev.Finished) and finished.args[0].reason == "stopped"
+
+
+def test_stop_calls_off_a_start_that_waits_for_its_plan(make_napari_viewer, qtbot, open_dock,
+                                                         tmp_path, monkeypatch):
+    release = _held_timing(monkeypatch)
+    viewer = make_napari_viewer()
+    viewer.open(_small_scan(tmp_path), plugin=PLUGIN)
+    train = open_dock(viewer, "Train")
+    train.device.setCurrentText("cpu")
+    assert train.start() is None and train.start_pending
+    train.stop()
+    assert not train.start_pending and train.start_button.isEnabled()
+    with qtbot.waitSignal(train.plan_ready, timeout=30_000) as got:
+        release.set()
+    assert got.args[0] is not None  # the estimate is shown, and nothing was started
+    qtbot.wait(200)
+    assert not train.running and train.worker is None
+
+
+def test_a_start_that_waited_for_a_failed_plan_trains_the_form(make_napari_viewer, qtbot,
+                                                                open_dock, tmp_path,
+                                                                monkeypatch):
+    release = _held_timing(monkeypatch, fails=True)
+    viewer = make_napari_viewer()
+    viewer.open(_small_scan(tmp_path), plugin=PLUGIN)
+    train = open_dock(viewer, "Train")
+    train.device.setCurrentText("cpu")
+    train.embed_after.setChecked(False)
+    form_epochs = train.epochs.value()
+    assert train.start() is None and train.start_pending
+    with qtbot.waitSignal(train.event_handled, timeout=PLAN_TIMEOUT_MS,
+                          check_params_cb=lambda e: isinstance(e, ev.Started)) as started:
+        release.set()
+    assert "cannot time training here: out of memory" in train.estimate_label.text()
+    assert train.plan is None and not train.start_pending  # not waiting again
+    assert started.args[0].config.epochs == form_epochs
+    with qtbot.waitSignal(train.run_finished, timeout=PLAN_TIMEOUT_MS):
+        train.stop()
+
+
+def test_start_does_not_wait_for_a_plan_when_the_user_set_the_run(
+        make_napari_viewer, qtbot, open_dock, tmp_path, monkeypatch):
+    release = _held_timing(monkeypatch)
+    viewer = make_napari_viewer()
+    viewer.open(_small_scan(tmp_path), plugin=PLUGIN)
+    train = open_dock(viewer, "Train")
+    train.device.setCurrentText("cpu")
+    train.embed_after.setChecked(False)
+    train.epochs.setValue(1)  # the user's run, not the plan's
+    assert train.plan is None and train._planner.busy
+    started = []
+    train.event_handled.connect(lambda e: isinstance(e, ev.Started) and started.append(e))
+    try:
+        with qtbot.waitSignal(train.run_finished, timeout=PLAN_TIMEOUT_MS) as finished:
+            assert train.start() is not None and not train.start_pending
+        assert isinstance(finished.args[0], ev.Finished)
+        assert [e.epochs for e in started] == [1] and train.plan is None  # unplanned
+    finally:
+        release.set()
 
 
 def test_the_plan_keeps_what_the_user_set_until_fit_is_pressed(make_napari_viewer, qtbot,

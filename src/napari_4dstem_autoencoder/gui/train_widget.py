@@ -5,6 +5,8 @@ are timed on the dataset's own patterns in a worker, and the detector binning (w
 shared preprocessing, so the Data dock shows it), the training subset, the epochs and the time
 budget are set from them, with the estimate shown. Fields the user edits are kept and the plan
 fits the others around them; "Fit to this machine" forgets the edits and fits them all again.
+Start pressed while the first plan is still being timed, with no field edited, waits for that
+plan (a few seconds) instead of starting an unfitted run (full detector, all positions).
 
 Widget values and the current dataset are read into a frozen ``TrainConfig`` on the GUI
 thread before the worker starts; the worker only iterates the engine's generator. Each
@@ -117,6 +119,8 @@ class TrainWidget(QWidget):
         self.plan: Any = None  # the RunPlan the estimate describes
         self._pinned: set[str] = set()  # fields the user set: the plan keeps them
         self._applying = False
+        #: Start was pressed while the first plan was timed: start once it is in the form
+        self.start_pending = False
         self._own_preprocess: Any = None  # the preprocessing this dock last wrote
         self._timings: dict[Any, tuple[float, float]] = {}
 
@@ -205,7 +209,7 @@ class TrainWidget(QWidget):
         self.preset.currentTextChanged.connect(self._replan)
         self.batch_size.valueChanged.connect(self._replan)
         self.fit_button.clicked.connect(self._fit_all)
-        self.state.dataset_changed.connect(self._replan)
+        self.state.dataset_changed.connect(self._on_dataset)
         self.state.preprocess_changed.connect(self._on_preprocess)
         self.start_button.clicked.connect(self.start)
         self.stop_button.clicked.connect(self.stop)
@@ -232,6 +236,11 @@ class TrainWidget(QWidget):
     # -- fitting the run to the machine -----------------------------------------------------
     # bound methods, not lambdas: Qt drops their connections when the dock is destroyed
     def _replan(self, *_: Any) -> None:
+        self.request_plan()
+
+    def _on_dataset(self, *_: Any) -> None:
+        if self.start_pending:  # Start was pressed for the dataset that has gone
+            self.stop()
         self.request_plan()
 
     def _fit_all(self, *_: Any) -> None:
@@ -307,6 +316,15 @@ class TrainWidget(QWidget):
         dataset, plan = result
         if dataset is not self.state.dataset or self.running:
             return  # a newer dataset, or a run started meanwhile
+        try:
+            self._put_plan(plan)
+        finally:
+            if self.start_pending:  # Start waited for this plan (or its failure)
+                self.start_pending = False
+                self._set_running(False)
+                self._start(wait_for_plan=False)  # with the plan, or the form if it failed
+
+    def _put_plan(self, plan: Any) -> None:
         if isinstance(plan, BaseException):
             self.plan = None
             self.estimate_label.setText(f"estimate: cannot time training here: {plan}")
@@ -380,9 +398,15 @@ class TrainWidget(QWidget):
         return self.worker is not None
 
     def start(self) -> Any:
-        """Start training on the current dataset; returns the worker (None if not started)."""
+        """Start training on the current dataset; returns the worker (None if not started, or
+        while the start waits for the first plan: ``start_pending``)."""
+        return self._start(wait_for_plan=True)
+
+    def _start(self, wait_for_plan: bool) -> Any:
         if self.worker is not None:
             return self.worker
+        if self.start_pending:
+            return None
         dataset = self.state.dataset
         if dataset is None:
             show_error("Training needs a dataset: open a file or the sample first")
@@ -391,6 +415,14 @@ class TrainWidget(QWidget):
             config = self.train_config()
         except ValueError as exc:
             show_error(f"Cannot start training: {exc}")
+            return None
+        if wait_for_plan and self.plan is None and self._planner.busy and not self._pinned:
+            # the defaults are the plan's: an unfitted run would train the full detector on
+            # every position, many times slower (the first live map alone would wait)
+            self.start_pending = True
+            self._set_running(True)
+            self.status_label.setText("fitting the run to this machine; training starts when "
+                                      "the estimate is ready…")
             return None
         self._install_close_filter()
         self.stop_event = threading.Event()
@@ -417,7 +449,13 @@ class TrainWidget(QWidget):
         return self.worker
 
     def stop(self) -> None:
-        """Ask the engine to stop between batches (it then writes a checkpoint)."""
+        """Ask the engine to stop between batches (it then writes a checkpoint); a Start
+        still waiting for its plan is called off."""
+        if self.start_pending:
+            self.start_pending = False
+            self._set_running(False)
+            self.status_label.setText("idle")
+            return
         if self.stop_event is not None:
             self.stop_event.set()
             self.status_label.setText("stopping after this batch…")
@@ -425,6 +463,7 @@ class TrainWidget(QWidget):
 
     def shutdown(self, timeout_s: float = CLOSE_WAIT_S) -> bool:
         """Stop training and wait for the worker thread to end (viewer closing)."""
+        self.start_pending = False
         if self.stop_event is not None:
             self.stop_event.set()
         ended = self._worker_done.wait(timeout_s)
