@@ -33,7 +33,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _record import Column, print_table, save, settings_of  # noqa: E402
 
-DOCUMENTED_10_MIN_SAMPLE_ARI = 0.919  # docs/model.md, "Measured quality and speed"
+DOCUMENTED_10_MIN_SAMPLE_ARI = 0.919  # docs/research-log.md §9b, the former 10-minute protocol
 
 
 def wait_for(app, done, timeout_s: float) -> float:

@@ -1,7 +1,7 @@
 """The recipes a user chooses between: an architecture (``ModelConfig``) and an objective
 (``ObjectiveConfig``) under one name, each with the reason to pick it.
 
-Measured quality and speed of each are in docs/model.md ("Measured quality and speed"); the
+Their quality and speed are in docs/model.md ("Presets", "How good are the embeddings"); the
 configurations that research tried and dropped are in docs/research-log.md and git history.
 """
 
