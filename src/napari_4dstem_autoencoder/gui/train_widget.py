@@ -316,13 +316,10 @@ class TrainWidget(QWidget):
         dataset, plan = result
         if dataset is not self.state.dataset or self.running:
             return  # a newer dataset, or a run started meanwhile
-        try:
-            self._put_plan(plan)
-        finally:
-            if self.start_pending:  # Start waited for this plan (or its failure)
-                self.start_pending = False
-                self._set_running(False)
-                self._start(wait_for_plan=False)  # with the plan, or the form if it failed
+        self._put_plan(plan)
+        if self.start_pending:  # Start waited for this plan (or its failure)
+            self._end_pending()
+            self._start(wait_for_plan=False)  # with the plan, or the form if it failed
 
     def _put_plan(self, plan: Any) -> None:
         if isinstance(plan, BaseException):
@@ -452,14 +449,17 @@ class TrainWidget(QWidget):
         """Ask the engine to stop between batches (it then writes a checkpoint); a Start
         still waiting for its plan is called off."""
         if self.start_pending:
-            self.start_pending = False
-            self._set_running(False)
+            self._end_pending()
             self.status_label.setText("idle")
             return
         if self.stop_event is not None:
             self.stop_event.set()
             self.status_label.setText("stopping after this batch…")
             self.stop_button.setEnabled(False)
+
+    def _end_pending(self) -> None:
+        self.start_pending = False
+        self._set_running(False)
 
     def shutdown(self, timeout_s: float = CLOSE_WAIT_S) -> bool:
         """Stop training and wait for the worker thread to end (viewer closing)."""
